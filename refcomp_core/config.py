@@ -1,0 +1,143 @@
+"""`RefCompConfig`: every dimension of a RefComp adapter, saved with its weights.
+
+The architecture is never inferred from tensor names: a checkpoint carries this
+config as JSON in its safetensors metadata and is rebuilt from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+# Projections of a layout block that carry an Assemble-Attn LoRA.
+# The context-stream out-projection is deliberately absent: the branch discards
+# the instance token's own output, so a LoRA there would never receive gradient.
+LORA_TARGETS: tuple[str, ...] = ("img_q", "img_k", "img_v", "img_out", "txt_q", "txt_k", "txt_v")
+
+
+@dataclass(frozen=True)
+class RefCompConfig:
+    """Dimensions and switches of one adapter.
+
+    `hidden_size`, `num_double_blocks`, `num_single_blocks` and `num_heads` must
+    come from the loaded FLUX model (`RefCompConfig.for_model(...)`), never be
+    hard-coded: FLUX.1 has 3072 / 19 / 38 / 24, tests use tiny models.
+    """
+
+    hidden_size: int
+    num_double_blocks: int
+    num_single_blocks: int
+    num_heads: int
+    clip_dim: int = 768
+    dino_dim: int = 1024
+    text_dim: int = 768
+    visual_dim: int = 1024
+    alpha_hidden: int = 256
+    dense_k: int = 4
+    fourier_freqs: int = 16
+    fourier_temperature: float = 100.0
+    modulation_rank: int | Literal["full"] = 64
+    bridge_rank: int = 16
+    lora_rank: int = 128
+    lora_scale: float = 1.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    layout_blocks: tuple[int, ...] | None = None
+    assemble_output: Literal["gate", "linear"] = "gate"
+    max_instances: int = 50
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        positive = ("hidden_size", "num_double_blocks", "num_heads", "clip_dim", "dino_dim", "text_dim",
+                    "visual_dim", "alpha_hidden", "dense_k", "fourier_freqs", "bridge_rank", "lora_rank",
+                    "max_instances")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"RefCompConfig.{name} must be a positive int, got {value!r}")
+        if self.num_single_blocks < 0:
+            raise ValueError(f"RefCompConfig.num_single_blocks must be >= 0, got {self.num_single_blocks}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"RefCompConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_heads ({self.num_heads})")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("RefCompConfig: head dim must be even for RoPE")
+        if self.modulation_rank != "full" and (not isinstance(self.modulation_rank, int) or self.modulation_rank <= 0):
+            raise ValueError(f"RefCompConfig.modulation_rank must be a positive int or 'full', "
+                             f"got {self.modulation_rank!r}")
+        if self.assemble_output not in ("gate", "linear"):
+            raise ValueError(f"RefCompConfig.assemble_output must be 'gate' or 'linear', "
+                             f"got {self.assemble_output!r}")
+        unknown = set(self.lora_targets) - set(LORA_TARGETS)
+        if unknown:
+            raise ValueError(f"RefCompConfig.lora_targets has unknown entries {sorted(unknown)}; "
+                             f"allowed: {list(LORA_TARGETS)}")
+        if self.layout_blocks is not None:
+            object.__setattr__(self, "layout_blocks", tuple(int(b) for b in self.layout_blocks))
+            bad = [b for b in self.layout_blocks if not 0 <= b < self.num_double_blocks]
+            if bad or len(set(self.layout_blocks)) != len(self.layout_blocks):
+                raise ValueError(f"RefCompConfig.layout_blocks {list(self.layout_blocks)} must be distinct "
+                                 f"double-block indices in [0, {self.num_double_blocks})")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def spatial_dim(self) -> int:
+        """K^2 points times 4F Fourier features (sin/cos of x and y)."""
+        return self.dense_k ** 2 * 4 * self.fourier_freqs
+
+    @property
+    def layout_block_ids(self) -> tuple[int, ...]:
+        """Double blocks that run Assemble-Attn (default: all of them)."""
+        if self.layout_blocks is None:
+            return tuple(range(self.num_double_blocks))
+        return tuple(sorted(self.layout_blocks))
+
+    @classmethod
+    def for_model(cls, *, hidden_size: int, num_double_blocks: int, num_single_blocks: int, num_heads: int,
+                  **overrides: Any) -> "RefCompConfig":
+        """Config for a model whose dimensions were read from the loaded weights."""
+        return cls(hidden_size=hidden_size, num_double_blocks=num_double_blocks,
+                   num_single_blocks=num_single_blocks, num_heads=num_heads, **overrides)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RefCompConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"refcomp_config metadata is not valid JSON ({err}); the file is damaged "
+                                  "or was not written by RefComp") from err
+        version = data.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"refcomp_config format_version {version} is newer than this RefComp "
+                                  f"understands ({FORMAT_VERSION}); upgrade RefComp")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in data.items() if k not in known}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("lora_targets", "layout_blocks"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        kwargs["extra"] = {**kwargs.get("extra", {}), **extra}
+        return cls(**kwargs)
+
+    def check_model(self, *, hidden_size: int, num_double_blocks: int, num_single_blocks: int) -> None:
+        """Raise `CheckpointError` naming both numbers when the model does not fit this adapter."""
+        pairs = (("hidden size", self.hidden_size, hidden_size),
+                 ("double-block count", self.num_double_blocks, num_double_blocks),
+                 ("single-block count", self.num_single_blocks, num_single_blocks))
+        for what, ours, theirs in pairs:
+            if ours != theirs:
+                raise CheckpointError(
+                    f"this RefComp checkpoint was trained for a FLUX model with {what} {ours}, but the model "
+                    f"given has {what} {theirs}; load a checkpoint trained for this model")

@@ -1,0 +1,207 @@
+"""The diffusers host: RefComp on `diffusers.FluxTransformer2DModel`.
+
+Duck-typed (diffusers is not imported here): the model must have
+`transformer_blocks`, `single_transformer_blocks`, `pos_embed` and a config with
+`axes_dims_rope`. Patching sets instance-level `forward`s on the blocks and one
+forward pre-hook on the transformer; `remove()` (or leaving the `with`) undoes all.
+
+Axis letters: b batch, L text tokens, N image tokens, D width.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..adapter import RefCompAdapter
+from ..blocks import DoubleBlockView, SingleBlockView, double_block, single_block
+from ..config import RefCompConfig
+from ..errors import ModelMismatchError
+from ..geometry import TokenGrid
+from ..rope import Rope
+from ..session import RefCompSession
+
+
+@dataclass(frozen=True)
+class FluxDims:
+    hidden_size: int
+    num_double_blocks: int
+    num_single_blocks: int
+    num_heads: int
+    axes_dim: tuple[int, ...]
+    theta: float
+
+
+def flux_dims(transformer: Any) -> FluxDims:
+    """Read every dimension from the loaded model; refuse what is not FLUX.1."""
+    name = type(transformer).__name__
+    needed = ("transformer_blocks", "single_transformer_blocks", "pos_embed", "config")
+    if name != "FluxTransformer2DModel" or not all(hasattr(transformer, a) for a in needed):
+        raise ModelMismatchError(f"RefComp patches a diffusers FluxTransformer2DModel (FLUX.1); got {name}. "
+                                 "Load a FLUX.1-dev or -schnell transformer")
+    cfg = transformer.config
+    return FluxDims(hidden_size=cfg.num_attention_heads * cfg.attention_head_dim,
+                    num_double_blocks=len(transformer.transformer_blocks),
+                    num_single_blocks=len(transformer.single_transformer_blocks),
+                    num_heads=cfg.num_attention_heads, axes_dim=tuple(cfg.axes_dims_rope),
+                    theta=float(getattr(transformer.pos_embed, "theta", 10000)))
+
+
+def config_for(transformer: Any, **overrides: Any) -> RefCompConfig:
+    """A RefCompConfig sized for this transformer."""
+    d = flux_dims(transformer)
+    return RefCompConfig.for_model(hidden_size=d.hidden_size, num_double_blocks=d.num_double_blocks,
+                                   num_single_blocks=d.num_single_blocks, num_heads=d.num_heads, **overrides)
+
+
+def _silu_linear(linear: torch.nn.Module):
+    return lambda v: linear(F.silu(v))
+
+
+def double_view(block: Any, heads: int) -> DoubleBlockView:
+    attn = block.attn
+
+    def img_qkv(x):
+        if getattr(attn, "fused_projections", False):
+            return attn.to_qkv(x).chunk(3, dim=-1)
+        return attn.to_q(x), attn.to_k(x), attn.to_v(x)
+
+    def txt_qkv(x):
+        if getattr(attn, "fused_projections", False):
+            return attn.to_added_qkv(x).chunk(3, dim=-1)
+        return attn.add_q_proj(x), attn.add_k_proj(x), attn.add_v_proj(x)
+
+    return DoubleBlockView(
+        heads=heads, img_mod=_silu_linear(block.norm1.linear), txt_mod=_silu_linear(block.norm1_context.linear),
+        img_norm1=block.norm1.norm, img_norm2=block.norm2, txt_norm1=block.norm1_context.norm,
+        txt_norm2=block.norm2_context, img_qkv=img_qkv, txt_qkv=txt_qkv,
+        img_qk_norm=lambda q, k: (attn.norm_q(q), attn.norm_k(k)),
+        txt_qk_norm=lambda q, k: (attn.norm_added_q(q), attn.norm_added_k(k)),
+        img_proj=attn.to_out[0], txt_proj=attn.to_add_out, img_mlp=block.ff, txt_mlp=block.ff_context)
+
+
+def single_view(block: Any) -> SingleBlockView:
+    return SingleBlockView(mod=_silu_linear(block.norm.linear), norm=block.norm.norm)
+
+
+def canonical_rope(image_rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> Rope:
+    """diffusers' (cos, sin), each (L+N, 2d) with repeated pairs -> Rope (1, L+N, d)."""
+    cos, sin = image_rotary_emb
+    return Rope(cos[None, :, 0::2].float(), sin[None, :, 0::2].float())
+
+
+def grid_from_ids(img_ids: torch.Tensor) -> TokenGrid:
+    """The main image grid from diffusers img_ids (N, 3) = (index, row, col).
+    Kontext/reference tokens (index != 0) must come after the main grid."""
+    ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+    main = ids[:, 0] == 0
+    n_main = int(main.sum())
+    h, w = int(ids[main, 1].max()) + 1, int(ids[main, 2].max()) + 1
+    if h * w != n_main or not bool(main[:n_main].all()):
+        raise ValueError(f"RefComp: img_ids do not describe a {h}x{w} main grid followed by reference tokens")
+    return TokenGrid(h, w)
+
+
+class DiffusersFluxPatch:
+    """Live patch of one transformer. Use `patch_flux` as a context manager."""
+
+    def __init__(self, transformer: Any, session: RefCompSession) -> None:
+        dims = flux_dims(transformer)
+        session.adapter.config.check_model(hidden_size=dims.hidden_size, num_double_blocks=dims.num_double_blocks,
+                                           num_single_blocks=dims.num_single_blocks)
+        session.axes_dim, session.theta = dims.axes_dim, dims.theta
+        self.transformer, self.session, self.dims = transformer, session, dims
+        self.grid: TokenGrid | None = None
+        self._handles: list[Any] = []
+        self._patched: list[Any] = []
+
+    def apply(self) -> "DiffusersFluxPatch":
+        t = self.transformer
+        self._handles.append(t.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+        for i, block in enumerate(t.transformer_blocks):
+            block.forward = self._double_forward(i, block)
+            self._patched.append(block)
+        for i, block in enumerate(t.single_transformer_blocks):
+            block.forward = self._single_forward(i, block)
+            self._patched.append(block)
+        return self
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        for block in self._patched:
+            if "forward" in block.__dict__:
+                del block.forward
+        self._handles, self._patched = [], []
+
+    def _pre_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        img_ids = kwargs.get("img_ids", args[4] if len(args) > 4 else None)
+        if img_ids is None:
+            raise ValueError("RefComp: FluxTransformer2DModel was called without img_ids")
+        self.grid = grid_from_ids(img_ids)
+        self.session.begin_forward()
+
+    def _double_forward(self, index: int, block: Any):
+        view = double_view(block, self.dims.num_heads)
+        original = type(block).forward.__get__(block)
+
+        def forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, joint_attention_kwargs=None):
+            rope = canonical_rope(image_rotary_emb)
+            imgs, txts = [], []
+            for start, stop, state in self.session.runs(hidden_states.shape[0]):
+                sl = slice(start, stop)
+                call = self.session.call(state, self.grid, index, (start, stop), hidden_states.device, double=True)
+                if call is None:
+                    txt, img = original(hidden_states[sl], encoder_hidden_states[sl], temb[sl], image_rotary_emb,
+                                        joint_attention_kwargs)
+                else:
+                    img, txt, fb = double_block(view, hidden_states[sl], encoder_hidden_states[sl], temb[sl], rope,
+                                                call)
+                    self.session.store_feedback((start, stop), index, fb)
+                imgs.append(img)
+                txts.append(txt)
+            return torch.cat(txts), torch.cat(imgs)
+
+        return forward
+
+    def _single_forward(self, index: int, block: Any):
+        view = single_view(block)
+        original = type(block).forward.__get__(block)
+
+        def forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, joint_attention_kwargs=None):
+            L = encoder_hidden_states.shape[1]
+
+            def body(xm: torch.Tensor) -> torch.Tensor:
+                mlp = block.act_mlp(block.proj_mlp(xm))
+                attn = block.attn(hidden_states=xm, image_rotary_emb=image_rotary_emb,
+                                  **(joint_attention_kwargs or {}))
+                return block.proj_out(torch.cat([attn, mlp], dim=2))
+
+            outs = []
+            for start, stop, state in self.session.runs(hidden_states.shape[0]):
+                sl = slice(start, stop)
+                call = self.session.call(state, self.grid, index, (start, stop), hidden_states.device, double=False)
+                if call is None:
+                    txt, img = original(hidden_states[sl], encoder_hidden_states[sl], temb[sl], image_rotary_emb,
+                                        joint_attention_kwargs)
+                    outs.append(torch.cat([txt, img], dim=1))
+                else:
+                    x = torch.cat([encoder_hidden_states[sl], hidden_states[sl]], dim=1)
+                    outs.append(single_block(view, x, temb[sl], call, L, body))
+            out = torch.cat(outs)
+            return out[:, :L], out[:, L:]
+
+        return forward
+
+
+@contextlib.contextmanager
+def patch_flux(transformer: Any, session: RefCompSession) -> Iterator[DiffusersFluxPatch]:
+    """Run `transformer` with RefComp for the duration of the `with` block."""
+    patch = DiffusersFluxPatch(transformer, session).apply()
+    try:
+        yield patch
+    finally:
+        patch.remove()

@@ -1,0 +1,63 @@
+"""FLUX's rotary position embedding in one canonical form both hosts convert to.
+
+Axis letters: b batch (or 1), l sequence, h heads, d head_dim / 2 (rotation pairs).
+A `Rope` holds cos/sin of shape (b, l, d); pairs are interleaved
+(x[2i], x[2i+1]) as in FLUX, diffusers and ComfyUI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from einops import rearrange
+
+
+@dataclass(frozen=True)
+class Rope:
+    cos: torch.Tensor   # (b, l, d) float32
+    sin: torch.Tensor   # (b, l, d) float32
+
+    def __getitem__(self, index: slice | torch.Tensor) -> "Rope":
+        """Select sequence positions (a slice or a LongTensor of positions)."""
+        return Rope(self.cos[:, index], self.sin[:, index])
+
+    @staticmethod
+    def cat(parts: Sequence["Rope"]) -> "Rope":
+        b = max(p.cos.shape[0] for p in parts)
+        return Rope(torch.cat([p.cos.expand(b, -1, -1) for p in parts], dim=1),
+                    torch.cat([p.sin.expand(b, -1, -1) for p in parts], dim=1))
+
+    def rows(self, start: int, stop: int) -> "Rope":
+        """Batch rows [start, stop) (a shared batch-1 rope is returned as is)."""
+        if self.cos.shape[0] == 1:
+            return self
+        return Rope(self.cos[start:stop], self.sin[start:stop])
+
+
+def rope_from_ids(ids: torch.Tensor, axes_dim: Sequence[int], theta: float) -> Rope:
+    """FLUX RoPE for position ids.
+
+    ids: (l, n_axes) float positions (fractional allowed, e.g. a box centre)
+    -> Rope with cos/sin (1, l, sum(axes_dim) / 2)
+    """
+    angles = []
+    for axis, dim in enumerate(axes_dim):
+        scale = torch.arange(0, dim, 2, dtype=torch.float64, device=ids.device) / dim
+        omega = 1.0 / (theta ** scale)                                          # (dim/2,)
+        angles.append(ids[:, axis].to(torch.float64)[:, None] * omega[None])    # (l, dim/2)
+    angle = torch.cat(angles, dim=-1)
+    return Rope(angle.cos().float()[None], angle.sin().float()[None])
+
+
+def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate interleaved pairs of q or k.
+
+    x: (b, l, h, 2d) -> (b, l, h, 2d), computed in float32 and cast back.
+    """
+    pairs = rearrange(x.float(), "b l h (d two) -> b l h d two", two=2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos = rope.cos[:, :, None, :].to(x.device)
+    sin = rope.sin[:, :, None, :].to(x.device)
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return rearrange(out, "b l h d two -> b l h (d two)").to(x.dtype)

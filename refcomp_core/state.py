@@ -1,0 +1,207 @@
+"""`CompositionState`: everything independent of the denoising step, computed once
+per sampling run (or once per training sample) and reused by every block call.
+
+Axis letters: n instances, g FG instances, t tokens, c channels (D), r refs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapter import RefCompAdapter
+from .errors import MissingEncoderError
+from .geometry import TokenGrid, box_token_indices, soft_mask
+from .layout import DEPTHS, Layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InstanceFeatures:
+    """Frozen-encoder outputs for one layout, computed once by the host.
+
+    clip_image: (r, clip_dim) CLIP-L image embeds of the references, or None
+    dino: (r, dino_dim) DINOv2 CLS of the references, or None
+    caption: (n, text_dim) CLIP-L pooled text embeds per instance (zeros where no caption), or None
+    """
+
+    clip_image: torch.Tensor | None = None
+    dino: torch.Tensor | None = None
+    caption: torch.Tensor | None = None
+
+
+@dataclass
+class GridIndex:
+    """Token index lists and masks of one state on one grid (and device).
+
+    asm_cov: (ta,) sorted tokens covered by any box; asm_pos[i]: (t_i,) positions of
+    box i's tokens inside asm_cov; asm_count: (ta,) boxes covering each token.
+    mod_cov: (tm,) tokens in any FG box's support; mod_w: (tm, g) weights w_i.
+    fg_tok / fg_seg: flat token indices of FG boxes and their FG instance id.
+    """
+
+    asm_cov: torch.Tensor
+    asm_pos: list[torch.Tensor]
+    asm_count: torch.Tensor
+    mod_cov: torch.Tensor
+    mod_w: torch.Tensor
+    fg_tok: torch.Tensor
+    fg_seg: torch.Tensor
+    fg_size: torch.Tensor
+    centres: torch.Tensor       # (n, 2) (row, col) position ids of box centres
+
+
+@dataclass
+class CompositionState:
+    """Per-run cache (DESIGN §3). Tensors keep their autograd graph for training."""
+
+    boxes: torch.Tensor            # (n, 4)
+    alpha: torch.Tensor            # (n,)
+    is_fg: list[bool]
+    fg_ids: torch.Tensor           # (g,) long
+    tokens: torch.Tensor           # (n, D) instance tokens
+    layout_tokens: torch.Tensor    # (n, D) l_i = (1 - alpha_i) * head(token_i)
+    shared: torch.Tensor           # (g, D) shared modulation offsets of FG instances
+    _grids: dict[tuple, GridIndex] = field(default_factory=dict, repr=False)
+
+    @property
+    def n(self) -> int:
+        return self.boxes.shape[0]
+
+    @property
+    def n_fg(self) -> int:
+        return int(self.fg_ids.numel())
+
+    @property
+    def alpha_fg(self) -> torch.Tensor:
+        """(g,)"""
+        return self.alpha[self.fg_ids]
+
+    def grid(self, grid: TokenGrid, margin: float, device: torch.device) -> GridIndex:
+        """Index lists for a grid, built once per (grid, margin, device) and cached."""
+        key = (grid, float(margin), str(device))
+        if key not in self._grids:
+            self._grids[key] = _build_grid(self, grid, margin, device)
+        return self._grids[key]
+
+
+def _build_grid(state: CompositionState, grid: TokenGrid, margin: float, device: torch.device) -> GridIndex:
+    boxes = [tuple(b) for b in state.boxes.detach().cpu().tolist()]
+    idx = [box_token_indices(b, grid) for b in boxes]
+    if idx:
+        flat = torch.cat(idx)
+        asm_cov, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+        asm_count = torch.bincount(inverse, minlength=asm_cov.numel()).float()
+        asm_pos = list(torch.split(inverse, [t.numel() for t in idx]))
+    else:
+        asm_cov = torch.zeros(0, dtype=torch.long)
+        asm_count = torch.zeros(0)
+        asm_pos = []
+    fg = state.fg_ids.tolist()
+    if fg:
+        masks = torch.stack([soft_mask(boxes[i], grid, margin) for i in fg], dim=1)     # (t, g)
+        weights = masks / masks.sum(dim=1, keepdim=True).clamp(min=1.0)
+        mod_cov = torch.nonzero(masks.sum(dim=1) > 0).squeeze(1)
+        mod_w = weights[mod_cov]
+        fg_tok = torch.cat([idx[i] for i in fg])
+        fg_seg = torch.cat([torch.full((idx[i].numel(),), j, dtype=torch.long) for j, i in enumerate(fg)])
+        fg_size = torch.tensor([idx[i].numel() for i in fg], dtype=torch.float32)
+    else:
+        mod_cov = torch.zeros(0, dtype=torch.long)
+        mod_w = torch.zeros(0, 0)
+        fg_tok = fg_seg = torch.zeros(0, dtype=torch.long)
+        fg_size = torch.zeros(0)
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    centres = torch.stack([(b[:, 1] + b[:, 3]) / 2 * grid.content_h - 0.5,
+                           (b[:, 0] + b[:, 2]) / 2 * grid.content_w - 0.5], dim=-1)
+    to = lambda t: t.to(device)   # noqa: E731
+    return GridIndex(asm_cov=to(asm_cov), asm_pos=[to(p) for p in asm_pos], asm_count=to(asm_count),
+                     mod_cov=to(mod_cov), mod_w=to(mod_w), fg_tok=to(fg_tok), fg_seg=to(fg_seg),
+                     fg_size=to(fg_size), centres=to(centres))
+
+
+def build_state(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatures) -> CompositionState:
+    """Run M1-M4's step-independent parts for one layout (DESIGN §2-3).
+
+    Raises `MissingEncoderError` when an instance needs CLIP or DINOv2 features that
+    were not given.
+    """
+    cfg = adapter.config
+    device, dtype = adapter.device, adapter.dtype
+    n = len(layout.instances)
+    if n == 0:
+        log.warning("RefComp: the layout has no instances; composition is a no-op")
+    boxes = torch.tensor([list(i.box) for i in layout.instances], dtype=dtype, device=device).reshape(n, 4)
+    refs = [i.ref if isinstance(i.ref, int) else None for i in layout.instances]
+    clip = _gather(features.clip_image, refs, cfg.clip_dim, device, dtype)
+    alpha = _alpha(adapter, layout, refs, boxes, clip, features)
+    is_fg = [r is not None and a >= 0.5 for r, a in zip(refs, alpha.detach().tolist())]
+    visual = torch.zeros(n, cfg.visual_dim, device=device, dtype=dtype)
+    need_clip = [i for i, r in enumerate(refs) if r is not None and not is_fg[i]]
+    need_dino = [i for i, r in enumerate(refs) if r is not None and is_fg[i]]
+    if need_clip:
+        _require(features.clip_image, "CLIP-L image", "BG/MG", need_clip)
+        visual[need_clip] = adapter.encoder.clip_to_visual(clip[need_clip])
+    if need_dino:
+        _require(features.dino, "DINOv2", "FG", need_dino)
+        dino = _gather(features.dino, refs, cfg.dino_dim, device, dtype)
+        visual[need_dino] = dino[need_dino]
+    caption = has_caption = None
+    if features.caption is not None and n:
+        caption = features.caption.to(device, dtype)
+        has_caption = torch.tensor([i.caption is not None for i in layout.instances], device=device)
+    tokens = adapter.encoder(boxes, visual, caption, has_caption)                        # (n, D)
+    layout_tokens = (1 - alpha)[:, None] * adapter.layout_head(tokens)                    # (n, D)
+    fg_ids = torch.tensor([i for i in range(n) if is_fg[i]], dtype=torch.long, device=device)
+    shared = adapter.modulation.shared(tokens[fg_ids])                                    # (g, D)
+    return CompositionState(boxes=boxes, alpha=alpha, is_fg=is_fg, fg_ids=fg_ids, tokens=tokens,
+                            layout_tokens=layout_tokens, shared=shared)
+
+
+def _alpha(adapter: RefCompAdapter, layout: Layout, refs: list[int | None], boxes: torch.Tensor,
+           clip: torch.Tensor, features: InstanceFeatures) -> torch.Tensor:
+    """alpha per instance: 0 for caption-only, the manual override when set, else M1."""
+    n = len(refs)
+    device, dtype = boxes.device, boxes.dtype
+    predicted = [i for i in range(n) if refs[i] is not None and layout.instances[i].alpha is None]
+    alpha = torch.zeros(n, device=device, dtype=dtype)
+    for i, inst in enumerate(layout.instances):
+        if refs[i] is not None and inst.alpha is not None:
+            alpha[i] = inst.alpha
+    if predicted:
+        _require(features.clip_image, "CLIP-L image", "alpha prediction for", predicted)
+        depth = torch.zeros(n, len(DEPTHS), device=device, dtype=dtype)
+        for i, inst in enumerate(layout.instances):
+            if inst.depth is not None:
+                depth[i, DEPTHS.index(inst.depth)] = 1.0
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        out = adapter.alpha(clip[predicted], area[predicted], depth[predicted])
+        alpha = alpha.index_put((torch.tensor(predicted, device=device),), out)
+    return alpha
+
+
+def _gather(table: torch.Tensor | None, refs: list[int | None], dim: int, device: torch.device,
+            dtype: torch.dtype) -> torch.Tensor:
+    """Per-instance rows of a per-reference table (zeros for caption-only)."""
+    out = torch.zeros(len(refs), dim, device=device, dtype=dtype)
+    if table is None:
+        return out
+    if table.shape[-1] != dim:
+        raise ValueError(f"reference features have width {table.shape[-1]}, the adapter expects {dim}; "
+                         "use the encoder the adapter was trained with")
+    rows = [i for i, r in enumerate(refs) if r is not None]
+    if rows:
+        idx = torch.tensor([refs[i] for i in rows], device=table.device)
+        if int(idx.max()) >= table.shape[0]:
+            raise ValueError(f"layout references image {int(idx.max())} but only {table.shape[0]} reference "
+                             "features were given; load every referenced image")
+        out[rows] = table[idx].to(device, dtype)
+    return out
+
+
+def _require(table: torch.Tensor | None, encoder: str, role: str, instances: list[int]) -> None:
+    if table is None:
+        raise MissingEncoderError(f"instances {instances} need {encoder} features ({role} instances) but no "
+                                  f"{encoder} encoder output was given; connect the {encoder} encoder")
