@@ -50,12 +50,12 @@ export class BoxPanel {
     const toolbar = el(doc, "div", { style: ROW }, [
       el(doc, "label", { title: "Snap edges to the 16 px token grid" }, [this.snap, " snap"]),
       "W", this.widthInput, "H", this.heightInput,
-      btn("↶", "Undo (Ctrl+Z)", () => s.undo()),
-      btn("↷", "Redo (Ctrl+Y)", () => s.redo()),
-      btn("⧉", "Duplicate (Ctrl+D)", () => s.duplicate(s.selected)),
-      btn("✕", "Delete (Del)", () => s.remove(s.selected)),
-      btn("⤒", "Bring to front (Shift+])", () => s.bringToFront(s.selected)),
-      btn("⤓", "Send to back (Shift+[)", () => s.sendToBack(s.selected)),
+      btn("undo", "Undo (Ctrl+Z)", () => s.undo()),
+      btn("redo", "Redo (Ctrl+Y)", () => s.redo()),
+      btn("dup", "Duplicate (Ctrl+D)", () => s.duplicate(s.selected)),
+      btn("del", "Delete (Del)", () => s.remove(s.selected)),
+      btn("front", "Bring to front (Shift+])", () => s.bringToFront(s.selected)),
+      btn("back", "Send to back (Shift+[)", () => s.sendToBack(s.selected)),
     ]);
 
     this.title = el(doc, "span", { style: { minWidth: "52px" } });
