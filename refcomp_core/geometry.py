@@ -76,15 +76,16 @@ def box_to_tokens(box: tuple[float, float, float, float], grid: TokenGrid) -> tu
 
 
 def box_token_indices(box: tuple[float, float, float, float], grid: TokenGrid) -> torch.Tensor:
-    """Flat indices of the tokens whose centres lie inside the box (row-major).
+    """Flat indices of the tokens whose centres lie inside the box (row-major;
+    half-open, so boxes that share an edge do not share tokens).
 
     A box smaller than a token on this grid (possible when sampling smaller than
     the canvas) falls back to the single token under its centre, so every box
     owns at least one token.  -> (t,) int64
     """
     c0, r0, c1, r1 = box_to_tokens(box, grid)
-    cols = [c for c in range(grid.w) if c0 <= c + 0.5 <= c1]
-    rows = [r for r in range(grid.h) if r0 <= r + 0.5 <= r1]
+    cols = [c for c in range(grid.w) if c0 <= c + 0.5 < c1]
+    rows = [r for r in range(grid.h) if r0 <= r + 0.5 < r1]
     if not cols:
         cols = [min(grid.w - 1, max(0, int((c0 + c1) / 2)))]
     if not rows:
