@@ -11,6 +11,8 @@ class Controls:
     Windows are (start, end) fractions of the schedule, 0 = first step. The layout
     branch runs while start <= progress <= end; so does the modulation pathway.
     `mask_margin` (tokens) softens FG modulation masks; 0 gives hard boxes.
+    `layout` / `modulation` switch a pathway off entirely (training stage 1 runs
+    without modulation).
     """
 
     strength: float = 1.0
@@ -18,6 +20,8 @@ class Controls:
     modulation_window: tuple[float, float] = (0.0, 1.0)
     apply_to_uncond: bool = False
     mask_margin: float = 1.0
+    layout: bool = True
+    modulation: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 10.0:
@@ -32,7 +36,8 @@ class Controls:
             raise ValueError(f"Controls.mask_margin must be >= 0 tokens, got {self.mask_margin}")
 
     def layout_on(self, progress: float) -> bool:
-        return self.strength > 0 and self.layout_window[0] <= progress <= self.layout_window[1]
+        return self.layout and self.strength > 0 and self.layout_window[0] <= progress <= self.layout_window[1]
 
     def modulation_on(self, progress: float) -> bool:
-        return self.strength > 0 and self.modulation_window[0] <= progress <= self.modulation_window[1]
+        return (self.modulation and self.strength > 0
+                and self.modulation_window[0] <= progress <= self.modulation_window[1])

@@ -115,3 +115,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append(torch.cat([p.grad.flatten() for p in adapter.parameters() if p.grad is not None]))
     assert grads[0].abs().max() > 0
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@torch.no_grad()
+def test_pathway_switches():
+    model, adapter, state = setup()
+    inputs = flux_inputs(model, batch=1)
+    vanilla = model(**inputs)[0]
+    outs = {}
+    for layout, modulation in ((True, False), (False, True), (False, False)):
+        controls = Controls(layout_window=(0, 1), layout=layout, modulation=modulation)
+        with patch_flux(model, RefCompSession(adapter, state, controls)):
+            outs[layout, modulation] = model(**inputs)[0]
+    assert torch.equal(outs[False, False], vanilla)
+    assert (outs[True, False] - vanilla).abs().max() > 1e-3
+    assert (outs[False, True] - vanilla).abs().max() > 1e-3
+    assert (outs[True, False] - outs[False, True]).abs().max() > 1e-3
