@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers import features, flux_inputs, random_layout, randomize, tiny_adapter, tiny_flux
-from refcomp_core import CheckpointError, Controls, ModelMismatchError, RefCompSession, build_state
+from refcomp_core import CheckpointError, Controls, ModelMismatchError, RefCompSession, build_state, parse_layout
 from refcomp_core.hosts.diffusers_flux import patch_flux
 
 OPEN = Controls(layout_window=(0.0, 1.0), modulation_window=(0.0, 1.0))
@@ -119,7 +119,12 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 @torch.no_grad()
 def test_pathway_switches():
-    model, adapter, state = setup()
+    model, adapter, _ = setup()
+    layout = random_layout(5, seed=3, caption_only=0.0)
+    layout = parse_layout({**layout.to_dict(), "instances": [{**i.to_dict(), "alpha": a} for i, a in
+                                                             zip(layout.instances, (0.9, 0.2, 0.7, 0.1, 0.6))]})
+    state = build_state(adapter, layout, features(adapter, layout))
+    assert state.n_fg == 3
     inputs = flux_inputs(model, batch=1)
     vanilla = model(**inputs)[0]
     outs = {}
