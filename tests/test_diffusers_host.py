@@ -9,11 +9,20 @@ from refcomp_core.hosts.diffusers_flux import patch_flux
 OPEN = Controls(layout_window=(0.0, 1.0), modulation_window=(0.0, 1.0))
 
 
+def fg_layout(n=5, seed=3):
+    """A random layout whose first instances with a reference are forced FG / BG by override."""
+    layout = random_layout(n, seed=seed, caption_only=0.0)
+    alphas = [0.9, 0.2, 0.7, 0.1, 0.6] * n
+    return parse_layout({**layout.to_dict(), "instances": [{**i.to_dict(), "alpha": a} for i, a in
+                                                           zip(layout.instances, alphas)]})
+
+
 def setup(n=5, seed=3):
     model = tiny_flux()
     adapter = randomize(tiny_adapter(model), scale=0.2)
-    layout = random_layout(n, seed=seed, caption_only=0.2)
+    layout = fg_layout(n, seed)
     state = build_state(adapter, layout, features(adapter, layout))
+    assert state.n_fg >= 2
     return model, adapter, state
 
 
@@ -108,7 +117,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         if checkpointing:
             model.enable_gradient_checkpointing()
         model.train()
-        layout = random_layout(5, seed=3, caption_only=0.2)
+        layout = fg_layout()
         state = build_state(adapter, layout, features(adapter, layout))
         with patch_flux(model, RefCompSession(adapter, state, OPEN)):
             model(**flux_inputs(model, batch=1))[0].pow(2).mean().backward()
@@ -119,12 +128,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 @torch.no_grad()
 def test_pathway_switches():
-    model, adapter, _ = setup()
-    layout = random_layout(5, seed=3, caption_only=0.0)
-    layout = parse_layout({**layout.to_dict(), "instances": [{**i.to_dict(), "alpha": a} for i, a in
-                                                             zip(layout.instances, (0.9, 0.2, 0.7, 0.1, 0.6))]})
-    state = build_state(adapter, layout, features(adapter, layout))
-    assert state.n_fg == 3
+    model, adapter, state = setup()
     inputs = flux_inputs(model, batch=1)
     vanilla = model(**inputs)[0]
     outs = {}
