@@ -1,0 +1,164 @@
+"""The `refcomp` console command.
+
+    refcomp compose --layout L.json --refs DIR --flux DIR --adapter FILE --clip DIR --dino DIR --out out.png
+    refcomp train ...          -> training.train:main(argv)
+    refcomp prepare-data ...   -> training.prepare_data:main(argv)
+    refcomp demo|toy ...       -> refcomp.toy.cli:main(argv), else refcomp.toy:main(argv)
+
+Exit codes: 0 done, 2 bad input (the message says what and how to fix; set
+REFCOMP_DEBUG=1 for a traceback). Every path is local; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger("refcomp")
+
+# Subcommands owned by other packages: candidate modules (first one with `main(argv)` wins), help.
+# Imported only when used, so `refcomp compose` never needs the training or toy dependencies.
+PASSTHROUGH: dict[str, tuple[tuple[str, ...], str]] = {
+    "train": (("training.train",), "train a RefComp adapter (see `refcomp train --help`)"),
+    "prepare-data": (("training.prepare_data",), "build a training manifest from images"),
+    "demo": (("refcomp.toy.cli", "refcomp.toy"), "the toy world demo (same as `toy`)"),
+    "toy": (("refcomp.toy.cli", "refcomp.toy"), "the toy world: train and evaluate RefComp on synthetic scenes"),
+}
+
+
+class CommandUnavailable(RuntimeError):
+    """A pass-through subcommand whose module is not installed."""
+
+
+def _window(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name}: {value} is outside [0, 1] (fractions of the schedule)")
+        return value
+    return parse
+
+
+def compose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("compose", help="compose one image from a layout and reference images",
+                       description="Compose one FLUX image with RefComp from local model folders. Writes OUT and "
+                                   "OUT_layout.png (the layout drawn over the result).")
+    p.add_argument("--layout", required=True, help="layout v1 JSON file")
+    p.add_argument("--refs", help="folder of reference images (png/jpg/webp), sorted by file name; "
+                                  "a layout `ref` indexes that list. Omit for caption-only layouts")
+    p.add_argument("--flux", required=True, help="local diffusers FLUX.1 folder (FluxPipeline layout)")
+    adapter = p.add_mutually_exclusive_group(required=True)
+    adapter.add_argument("--adapter", help="RefComp checkpoint (.safetensors)")
+    adapter.add_argument("--init-adapter", action="store_true",
+                         help="use a freshly initialised adapter instead: equals vanilla FLUX (for testing)")
+    p.add_argument("--clip", help="local CLIP-L folder (CLIPVisionModelWithProjection + processor); needed for "
+                                  "alpha prediction and BG/MG references")
+    p.add_argument("--dino", help="local DINOv2 folder (Dinov2Model + processor); needed for FG references")
+    p.add_argument("--out", required=True, help="output image path (.png); the overlay goes to OUT_layout.png")
+    p.add_argument("--prompt", default="", help="global prompt")
+    p.add_argument("--steps", type=int, default=28, help="sampling steps (default 28)")
+    p.add_argument("--guidance", type=float, default=3.5, help="FLUX distilled guidance (default 3.5)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--strength", type=float, default=1.0, help="RefComp strength in [0, 10] (default 1)")
+    p.add_argument("--layout-window", nargs=2, type=_window("--layout-window"), default=(0.0, 0.3),
+                   metavar=("START", "END"), help="fractions of the schedule with the layout branch (0 0.3)")
+    p.add_argument("--modulation-window", nargs=2, type=_window("--modulation-window"), default=(0.0, 1.0),
+                   metavar=("START", "END"), help="fractions of the schedule with FG modulation (0 1)")
+    p.add_argument("--max-sequence-length", type=int, default=512, help="T5 tokens (dev 512, schnell 256)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="default: bfloat16 on cuda, float32 on cpu")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refcomp", description="RefComp: compose one FLUX image from many "
+                                                                 "boxed references.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    compose_parser(sub)
+    for name, (_, help_text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _entry_point(name: str) -> Callable[[list[str]], int | None]:
+    """`main` of the first candidate module of a pass-through subcommand."""
+    candidates, _ = PASSTHROUGH[name]
+    for module_name in candidates:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                continue                 # this candidate does not exist; try the next
+            raise CommandUnavailable(f"`refcomp {name}` needs the Python package {err.name!r} (imported by "
+                                     f"{module_name}); pip install it") from None
+        entry = getattr(module, "main", None)
+        if callable(entry):
+            return entry
+    raise CommandUnavailable(f"`refcomp {name}` is unavailable: none of {', '.join(candidates)} is installed "
+                             "with a main(argv) entry point; install the full RefComp package (pip install -e .)")
+
+
+def _passthrough(name: str, argv: list[str]) -> int:
+    return int(_entry_point(name)(argv) or 0)
+
+
+def run_compose(args: argparse.Namespace) -> int:
+    import torch
+
+    from .compose import compose_run
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+    dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"--out: {out} needs an image suffix (.png, .jpg, .webp)")
+    result = compose_run(args.layout, args.refs, flux=args.flux, adapter=args.adapter,
+                         init_adapter=args.init_adapter, clip=args.clip, dino=args.dino, device=device,
+                         dtype=dtype, prompt=args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                         strength=args.strength, layout_window=tuple(args.layout_window),
+                         modulation_window=tuple(args.modulation_window),
+                         max_sequence_length=args.max_sequence_length)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay_path = out.with_name(f"{out.stem}_layout.png")
+    result.images[0].save(out)
+    result.overlay().save(overlay_path)
+    log.info("wrote %s and %s", out, overlay_path)
+    return 0
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.getLogger("refcomp").setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `refcomp` console script; returns the exit code."""
+    from refcomp_core.errors import RefCompError
+
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    try:
+        if args_list and args_list[0] in PASSTHROUGH:
+            return _passthrough(args_list[0], args_list[1:])
+        args = build_parser().parse_args(args_list)
+        return run_compose(args)
+    except (RefCompError, ValueError, FileNotFoundError, NotADirectoryError, CommandUnavailable) as err:
+        if os.environ.get("REFCOMP_DEBUG"):
+            raise
+        log.error("error: %s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Headless composition: one FLUX image from a layout and its reference images.
+
+    images = compose("layout.json", refs="refs/", flux="FLUX.1-dev/", adapter="refcomp.safetensors",
+                     clip="clip-vit-large-patch14/", dino="dinov2-large/", prompt="a picnic", seed=1)
+
+Per sampling run the encoders run once and one `CompositionState` is built; every
+denoising step reuses it. The session progress (step / steps) is advanced from
+FluxPipeline's `callback_on_step_end`, which drives the layout/modulation windows.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import torch
+from PIL import Image
+
+from refcomp_core import Controls, Layout, RefCompSession, build_state, parse_layout
+from refcomp_core.errors import MissingEncoderError
+from refcomp_core.hosts.diffusers_flux import patch_flux
+
+from .encoders import instance_features
+from .models import ComposeModels, load_models
+from .preview import draw_layout
+from .refs import check_reference_count, list_reference_files, load_references, to_rgb
+
+log = logging.getLogger(__name__)
+
+LayoutInput = Union[str, os.PathLike, dict, Layout]
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    """Sampling settings. Windows are (start, end) fractions of the schedule."""
+
+    prompt: str = ""
+    steps: int = 28
+    guidance: float = 3.5
+    seed: int = 0
+    strength: float = 1.0
+    layout_window: tuple[float, float] = (0.0, 0.3)
+    modulation_window: tuple[float, float] = (0.0, 1.0)
+    max_sequence_length: int = 512
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"--steps must be a positive integer, got {self.steps!r}")
+        if not 1 <= self.max_sequence_length <= 512:
+            raise ValueError(f"--max-sequence-length must be in [1, 512] (FLUX.1-dev 512, schnell 256), "
+                             f"got {self.max_sequence_length}")
+        self.controls()     # validates strength and windows
+
+    def controls(self) -> Controls:
+        return Controls(strength=self.strength, layout_window=tuple(self.layout_window),
+                        modulation_window=tuple(self.modulation_window))
+
+
+@dataclass
+class Composition:
+    """The images of one run and what the adapter decided per instance."""
+
+    images: list[Image.Image]
+    layout: Layout                      # the layout at the generated size
+    alpha: list[float] = field(default_factory=list)
+    is_fg: list[bool] = field(default_factory=list)
+
+    def overlay(self, index: int = 0) -> Image.Image:
+        """The layout drawn over a copy of image `index`."""
+        return draw_layout(self.images[index], self.layout, alpha=self.alpha or None, is_fg=self.is_fg or None)
+
+
+def read_layout(source: LayoutInput, *, num_refs: int | None, max_instances: int = 50) -> Layout:
+    """A Layout from a file path, JSON text, dict or Layout (validated, naming the field)."""
+    if isinstance(source, (str, os.PathLike)) and not (isinstance(source, str) and source.lstrip().startswith("{")):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"--layout: layout file not found: {path}")
+        source = path.read_text(encoding="utf-8")
+    return parse_layout(source, num_refs=num_refs, max_instances=max_instances)
+
+
+def fit_size(layout: Layout, multiple: int) -> Layout:
+    """The layout at the nearest size FLUX can generate (multiples of `multiple` px).
+    Boxes are normalized, so they keep their place; they are validated again."""
+    width = max(multiple, int(layout.width / multiple + 0.5) * multiple)
+    height = max(multiple, int(layout.height / multiple + 0.5) * multiple)
+    if (width, height) == (layout.width, layout.height):
+        return layout
+    log.info("layout size %dx%d is not a multiple of %d px; generating %dx%d (boxes are normalized and keep "
+             "their place)", layout.width, layout.height, multiple, width, height)
+    return parse_layout({**layout.to_dict(), "width": width, "height": height}, num_refs=None,
+                        max_instances=max(50, len(layout)))
+
+
+def run_composition(models: ComposeModels, layout: Layout, references: Sequence[Image.Image],
+                    options: ComposeOptions) -> Composition:
+    """Sample one image with RefComp. `layout` must already be validated against `references`
+    (`read_layout(..., num_refs=len(references))` and `check_reference_count`)."""
+    pipe, adapter = models.pipe, models.adapter
+    layout = fit_size(layout, multiple=pipe.vae_scale_factor * 2)
+    controls = options.controls()
+    state = None
+    if len(layout) == 0:
+        log.warning("the layout has no instances; composing is a no-op (vanilla FLUX)")
+    else:
+        features = instance_features(models.encoders, references, layout, tokenizer=pipe.tokenizer,
+                                     text_encoder=pipe.text_encoder)
+        try:
+            with torch.no_grad():
+                state = build_state(adapter, layout, features)      # once per sampling run
+        except MissingEncoderError as err:
+            raise MissingEncoderError(f"{err} (headless: pass --dino DIR for FG references and --clip DIR for "
+                                      "alpha prediction and BG/MG references)") from None
+    session = RefCompSession(adapter, state, controls)
+
+    def on_step_end(_pipe: Any, step: int, _timestep: Any, _tensors: dict) -> dict:
+        session.progress = min(1.0, (step + 1) / options.steps)    # the next step's position in the schedule
+        return {}
+
+    generator = torch.Generator(device="cpu").manual_seed(options.seed)
+    kwargs = dict(prompt=options.prompt, height=layout.height, width=layout.width,
+                  num_inference_steps=options.steps, guidance_scale=options.guidance, generator=generator,
+                  max_sequence_length=options.max_sequence_length, output_type="pil")
+    with torch.no_grad():
+        if state is None:
+            images = pipe(**kwargs).images
+        else:
+            with patch_flux(pipe.transformer, session):
+                images = pipe(**kwargs, callback_on_step_end=on_step_end).images
+    alpha = state.alpha.float().tolist() if state is not None else []
+    return Composition(images=list(images), layout=layout, alpha=alpha,
+                       is_fg=list(state.is_fg) if state is not None else [])
+
+
+def compose_run(layout: LayoutInput, refs: str | os.PathLike | Sequence[Image.Image] | None = None, *,
+                models: ComposeModels | None = None, flux: Any = None,
+                adapter: str | os.PathLike | Any = None, init_adapter: bool = False,
+                clip: str | os.PathLike | None = None, dino: str | os.PathLike | None = None,
+                device: str = "cpu", dtype: str | torch.dtype = "float32", **options: Any) -> Composition:
+    """Like `compose`, returning the full `Composition` (images, alpha, FG flags, layout)."""
+    opts = ComposeOptions(**options)
+    if refs is None or isinstance(refs, (str, os.PathLike)):
+        names = [p.name for p in list_reference_files(refs)] if refs is not None else []
+        references = load_references(refs)
+    else:
+        references = [to_rgb(r) for r in refs]
+        names = []
+    parsed = read_layout(layout, num_refs=len(references))
+    check_reference_count(parsed, references, names)
+    if models is None:
+        if flux is None:
+            raise ValueError("--flux: a local diffusers FLUX.1 folder is required (or pass models=load_models(...))")
+        models = load_models(flux, adapter=adapter, init_adapter=init_adapter, clip=clip, dino=dino,
+                             device=device, dtype=dtype)
+    return run_composition(models, parsed, references, opts)
+
+
+def compose(layout: LayoutInput, refs: str | os.PathLike | Sequence[Image.Image] | None = None,
+            **kwargs: Any) -> list[Image.Image]:
+    """Compose with RefComp and return the PIL images.
+
+    layout: a layout v1 file path, JSON text, dict or Layout; refs: a folder of
+    png/jpg/webp (sorted by name; `ref` indexes that list) or a list of images.
+    Models: `models=load_models(...)` or `flux=`, `adapter=` (or `init_adapter=True`),
+    `clip=`, `dino=` folders/files plus `device`, `dtype`. Sampling: the fields of
+    `ComposeOptions` (prompt, steps, guidance, seed, strength, layout_window,
+    modulation_window, max_sequence_length).
+    """
+    return compose_run(layout, refs, **kwargs).images

@@ -1,0 +1,126 @@
+"""Loading everything the headless pipeline needs, from local folders only.
+
+`load_models(flux, adapter=..., clip=..., dino=...)` returns a `ComposeModels`
+(FluxPipeline + RefCompAdapter + image encoders) that `compose` can reuse across
+many layouts; nothing here reaches a hub (`local_files_only=True`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refcomp_core import RefCompAdapter
+from refcomp_core.checkpoint import load_adapter, read_info
+from refcomp_core.errors import CheckpointError
+from refcomp_core.hosts.diffusers_flux import config_for, flux_dims
+
+from .encoders import ImageEncoders, dtype_kwarg, load_image_encoders
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ComposeModels:
+    """A loaded FluxPipeline, the adapter sized for its transformer, and the image encoders."""
+
+    pipe: Any
+    adapter: RefCompAdapter
+    encoders: ImageEncoders
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype: unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_flux(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32) -> Any:
+    """A diffusers FluxPipeline from a local folder (model_index.json, transformer, vae,
+    text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler)."""
+    from diffusers import FluxPipeline
+
+    folder = Path(path)
+    if not (folder / "model_index.json").is_file():
+        what = "folder not found" if not folder.exists() else "no model_index.json in"
+        raise FileNotFoundError(f"--flux: {what} {folder}; pass a local diffusers FLUX.1 folder (the "
+                                "black-forest-labs/FLUX.1-dev layout: model_index.json, transformer/, vae/, "
+                                "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/)")
+    pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True, **dtype_kwarg("diffusers", "0.42", dtype))
+    pipe.to(device)
+    flux_dims(pipe.transformer)      # refuses a non-FLUX transformer with a clear message
+    return pipe
+
+
+def _check_adapter_fits(adapter: RefCompAdapter, encoders: ImageEncoders, text_dim: int) -> None:
+    cfg = adapter.config
+    pairs = (("--clip", "CLIP image embed width", cfg.clip_dim, encoders.clip_dim),
+             ("--dino", "DINOv2 width", cfg.dino_dim, encoders.dino_dim),
+             ("--flux", "CLIP-L text width (text_encoder)", cfg.text_dim, text_dim))
+    for flag, what, ours, theirs in pairs:
+        if theirs is not None and ours != theirs:
+            raise CheckpointError(f"{flag}: the adapter expects a {what} of {ours}, but the model given has "
+                                  f"{theirs}; use the encoder the adapter was trained with")
+
+
+def fresh_adapter(transformer: Any, encoders: ImageEncoders, text_dim: int, **overrides: Any) -> RefCompAdapter:
+    """A newly initialised adapter sized for this transformer and these encoders.
+    Every new branch starts at zero, so it reproduces vanilla FLUX (for testing)."""
+    dims: dict[str, Any] = {"text_dim": text_dim}
+    if encoders.clip_dim is not None:
+        dims["clip_dim"] = encoders.clip_dim
+    if encoders.dino_dim is not None:
+        dims["dino_dim"] = dims["visual_dim"] = encoders.dino_dim
+    return RefCompAdapter(config_for(transformer, **{**dims, **overrides})).eval()
+
+
+def load_models(flux: str | os.PathLike | Any, *, adapter: str | os.PathLike | RefCompAdapter | None = None,
+                init_adapter: bool = False, clip: str | os.PathLike | None = None,
+                dino: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                dtype: str | torch.dtype = "float32") -> ComposeModels:
+    """Load FLUX (a folder, or an already built FluxPipeline), the adapter and the encoders.
+
+    `adapter` is a RefComp .safetensors file (checked against the model) or an adapter
+    object; `init_adapter=True` instead builds a fresh adapter (equal to vanilla FLUX).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    if adapter is None and not init_adapter:
+        raise ValueError("--adapter: a RefComp checkpoint (.safetensors) is required; pass --init-adapter to "
+                         "run with a freshly initialised adapter instead (for testing: equals vanilla FLUX)")
+    if adapter is not None and init_adapter:
+        raise ValueError("--adapter and --init-adapter are exclusive; pass one of them")
+    if adapter is not None and not isinstance(adapter, RefCompAdapter):
+        read_info(adapter)           # a missing / pickle / foreign file fails before FLUX is loaded
+    pipe = flux if hasattr(flux, "transformer") else load_flux(flux, device=device, dtype=torch_dtype)
+    encoders = load_image_encoders(clip, dino, device=device, dtype=torch_dtype)
+    text_dim = int(pipe.text_encoder.config.hidden_size)
+    dims = flux_dims(pipe.transformer)
+    if isinstance(adapter, RefCompAdapter):
+        adapter.config.check_model(hidden_size=dims.hidden_size, num_double_blocks=dims.num_double_blocks,
+                                   num_single_blocks=dims.num_single_blocks)
+        model = adapter
+    elif adapter is not None:
+        model, info = load_adapter(adapter, hidden_size=dims.hidden_size, num_double_blocks=dims.num_double_blocks,
+                                   num_single_blocks=dims.num_single_blocks)
+        log.info("adapter %s: stage %s, step %s, base model %s", os.fspath(adapter), info.stage, info.step,
+                 info.base_model)
+    else:
+        log.warning("--init-adapter: using a freshly initialised RefComp adapter; the image equals vanilla FLUX "
+                    "(use it to test the set-up, not to compose)")
+        model = fresh_adapter(pipe.transformer, encoders, text_dim)
+    _check_adapter_fits(model, encoders, text_dim)
+    model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
+    return ComposeModels(pipe=pipe, adapter=model, encoders=encoders)

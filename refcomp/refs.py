@@ -1,0 +1,72 @@
+"""Reference images for the headless pipeline: a folder of png/jpg/webp files,
+sorted by file name; a layout's `ref` is an index into that sorted list.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from refcomp_core import Layout
+from refcomp_core.errors import LayoutError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def list_reference_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files of `folder` sorted by name (case-sensitive, so `ref` indices are stable)."""
+    path = Path(folder)
+    if not path.exists():
+        raise FileNotFoundError(f"--refs: reference folder not found: {path}")
+    if not path.is_dir():
+        raise NotADirectoryError(f"--refs: expected a folder of png/jpg/webp images, got the file {path}")
+    return sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: p.name)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy; transparent pixels are composited on white (not black)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_references(folder: str | os.PathLike | None) -> list[Image.Image]:
+    """The sorted reference images of `folder` as RGB (none when `folder` is None)."""
+    if folder is None:
+        return []
+    images = []
+    for path in list_reference_files(folder):
+        try:
+            with Image.open(path) as im:
+                images.append(to_rgb(im))
+        except OSError as err:
+            raise ValueError(f"--refs: cannot read the image {path} ({err}); remove or re-save it") from None
+    log.info("loaded %d reference image(s) from %s", len(images), folder)
+    return images
+
+
+def check_reference_count(layout: Layout, images: Sequence[Image.Image], names: Sequence[str] = ()) -> None:
+    """The number of images must be what the layout references: highest `ref` + 1.
+
+    Indices beyond the list are already refused by `parse_layout(num_refs=...)`;
+    this refuses extra images (a folder that does not belong to this layout).
+    Unused indices below the highest one only log a warning.
+    """
+    used = layout.referenced
+    need = used[-1] + 1 if used else 0
+    if len(images) != need:
+        listed = f" ({', '.join(names)})" if names else ""
+        raise LayoutError(f"--refs: {len(images)} reference image(s){listed}, but the layout's instances[].ref "
+                          f"use indices {used or 'none'} so exactly {need} are expected (sorted by file name); "
+                          "remove the extra images or fix the layout's ref indices")
+    unused = sorted(set(range(need)) - set(used))
+    if unused:
+        log.warning("reference image(s) %s are not referenced by any instance and are ignored", unused)
