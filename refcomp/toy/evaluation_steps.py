@@ -1,0 +1,119 @@
+"""The evaluation step of `refcomp toy reproduce`: every row and α point, one at a time,
+saved to run_dir/results.json after each (a rerun skips what is there), then bench/TOY.md."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable
+
+from refcomp_core import RefCompAdapter
+from refcomp_core.checkpoint import load_adapter
+
+from .bench import EvalConfig, alpha_by_depth, eval_scenes, evaluate_row, no_bridge
+from .evaluate import score_image, summarize
+from .parts import ToyParts, load_parts
+from .report import write as write_report
+from .reproduce import ReproduceConfig, stage_path
+from .sample import SampleConfig
+
+log = logging.getLogger(__name__)
+RESULTS = "results.json"
+
+
+def _load(path: str) -> dict:
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return {"rows": {}, "alpha": {}, "meta": {}}
+
+
+def _save(path: str, results: dict) -> None:
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    os.replace(f"{path}.tmp", path)
+
+
+def _adapter(parts: ToyParts, path: str):
+    d = parts.backbone_config
+    adapter, _ = load_adapter(path, hidden_size=d.num_attention_heads * d.attention_head_dim,
+                              num_double_blocks=d.num_layers, num_single_blocks=d.num_single_layers)
+    return adapter.eval()
+
+
+def alpha_steps(run_dir: str) -> dict:
+    """Per-step α means from the trainer's losses.jsonl, when it logs them (alpha_fg_mean / alpha_bg_mean)."""
+    out: dict = {}
+    for variant in ("main", "alpha2"):
+        for stage in (1, 2, 3):
+            path = os.path.join(run_dir, "runs", variant, f"stage{stage}", "losses.jsonl")
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            keep = [{k: r[k] for k in ("step", "loss/alpha_fg_mean", "loss/alpha_bg_mean", "alpha_fg_mean",
+                                       "alpha_bg_mean") if k in r} for r in rows]
+            if any(len(r) > 1 for r in keep):
+                out[f"{variant}/stage{stage}"] = keep
+    return out
+
+
+ROW_FILES = {"stage1": ("main", 1), "stage2": ("main", 2), "stage3": ("main", 3), "no_bridge": ("main", 3),
+             "alpha_frozen": ("frozen", 3)}
+
+
+def _fingerprint(cfg: ReproduceConfig, row: str) -> str:
+    """What a row was measured from: the backbone file and the row's adapter (modification times)."""
+    files = [os.path.join(cfg.run_dir, "parts", "backbone.safetensors")]
+    if row in ROW_FILES:
+        files.append(stage_path(cfg.run_dir, *ROW_FILES[row]))
+    return ";".join(f"{os.path.basename(f)}@{os.path.getmtime(f):.0f}" for f in files)
+
+
+def step_eval(cfg: ReproduceConfig, timings: dict[str, float]) -> dict:
+    path = os.path.join(cfg.run_dir, RESULTS)
+    results = _load(path)
+    parts = load_parts(os.path.join(cfg.run_dir, "parts"))
+    ecfg = EvalConfig(count=cfg.eval_count, sample=SampleConfig(steps=cfg.eval_steps, cfg_scale=cfg.cfg_scale))
+    scenes = eval_scenes(ecfg.count)
+    rows: dict[str, Callable[[], dict]] = {
+        "ground_truth": lambda: summarize([s for sc in scenes for s in score_image(sc.render(), sc.layout())]),
+        "captions_only": lambda: evaluate_row(parts, None, ecfg, scenes=scenes, desc="captions only")[0]}
+    if "main" in cfg.variants:
+        rows.update({f"stage{k}": (lambda k=k: evaluate_row(parts, _adapter(parts, stage_path(cfg.run_dir, "main", k)),
+                                                             ecfg, scenes=scenes, desc=f"stage {k}")[0])
+                     for k in (1, 2, 3)})
+        rows["no_bridge"] = lambda: evaluate_row(parts, no_bridge(_adapter(parts, stage_path(cfg.run_dir, "main", 3))),
+                                                 ecfg, scenes=scenes, desc="no bridge")[0]
+    if "frozen" in cfg.variants:
+        rows["alpha_frozen"] = lambda: evaluate_row(parts, _adapter(parts, stage_path(cfg.run_dir, "frozen", 3)), ecfg,
+                                                    alpha=0.5, scenes=scenes, desc="alpha frozen")[0]
+    sources = {name: _fingerprint(cfg, name) for name in rows}
+    for name, fn in rows.items():
+        if results["rows"].get(name, {}).get("source") != sources[name]:       # new or retrained: (re)measure
+            results["rows"][name] = {**fn(), "source": sources[name]}
+            _save(path, results)
+    for variant, key in (("main", "from_stage1"), ("alpha2", "from_stage2")):
+        if variant not in cfg.variants:
+            continue
+        points = results["alpha"].setdefault(key, {})
+        for k in (1, 2, 3):
+            if f"stage{k}" not in points:
+                points[f"stage{k}"] = alpha_by_depth(parts, _adapter(parts, stage_path(cfg.run_dir, variant, k)),
+                                                     scenes)
+                _save(path, results)
+        if "init" not in points:                     # a freshly initialised adapter of the same config
+            fresh = RefCompAdapter(_adapter(parts, stage_path(cfg.run_dir, variant, 1)).config).eval()
+            points["init"] = alpha_by_depth(parts, fresh, scenes)
+            _save(path, results)
+    results["alpha_steps"] = alpha_steps(cfg.run_dir)
+    results["meta"].update({"eval_count": ecfg.count, "eval_sampling": f"{ecfg.sample.steps} Euler steps, CFG "
+                            f"{ecfg.sample.cfg_scale}", "timings_s": {**results["meta"].get("timings_s", {}),
+                                                                       **timings},
+                            "backbone_steps": cfg.backbone.steps, "stage_steps": list(cfg.stage_steps),
+                            "train_scenes": cfg.train_scenes, "variants": list(cfg.variants),
+                            "results_file": path})
+    _save(path, results)
+    write_report(results, cfg.report)
+    log.info("toy results: %s; report: %s", path, cfg.report)
+    return results

@@ -1,0 +1,91 @@
+"""bench/TOY.md, written only from a results JSON that `refcomp toy reproduce` measured.
+
+A row or α entry missing from the results is printed as "not run", never filled in.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+ROWS: tuple[tuple[str, str], ...] = (
+    ("captions_only", "backbone, captions only"),
+    ("stage1", "RefComp after stage 1"),
+    ("stage2", "RefComp after stage 2"),
+    ("stage3", "RefComp after stage 3"),
+    ("alpha_frozen", "ablation: α frozen at 0.5 (stages 1-3)"),
+    ("no_bridge", "ablation: stage 3 without the bridge"),
+)
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("fg_miou", "FG mIoU"), ("fg_success", "FG succ@0.5"), ("bg_miou", "BG mIoU"), ("bg_success", "BG succ@0.5"),
+    ("fg_colour_acc", "FG colour"), ("fg_shape_acc", "FG shape"), ("fg_texture_acc", "FG texture"),
+)
+ALPHA_POINTS = ("init", "stage1", "stage2", "stage3")
+MODELS = (
+    "- World: 64x64 px scenes, 1-8 objects of 8 shapes x 8 colours x 4 textures (period 8 px), distinct colours "
+    "per scene; references drawn alone on white at another scale and position (`refcomp/toy/world.py`).",
+    "- Packing: pixel-unshuffle by 4 (a VAE-shaped codec) + FLUX's 2x2 packing = 8x8 tokens of 192 channels.",
+    "- Backbone: diffusers `FluxTransformer2DModel`, width 128 (4 heads x 32), 4 double + 4 single blocks, "
+    "pretrained here as a caption-conditioned rectified-flow model (10 % empty captions), then frozen; sampled "
+    "with true CFG.",
+    "- Text encoder: random and frozen (seeded word embeddings + sinusoidal positions); never trained.",
+    "- CLIP / DINOv2 stand-ins: small CNNs, briefly pretrained on attribute classification (CLIP: colour + "
+    "shape; DINOv2: colour + shape + texture) from references and scene crops, then frozen.",
+    "- RefComp: stages 1-3 with `refcomp train` (training/) on `refcomp/toy/configs/stage*.yaml`, through the "
+    "diffusers host (`patch_flux`).",
+)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render(results: dict) -> str:
+    meta = results.get("meta", {})
+    lines = ["# RefComp toy world: measured results", "",
+             "Regenerate with `refcomp toy reproduce` (writes this file; stages already done are skipped).",
+             "Every number below was measured by that command on the held-out `eval` split "
+             f"({meta.get('eval_count', '?')} layouts, never used for training or tuning).", "",
+             *([] if results.get("rows") else ["**No measurement yet**: every cell below says \"not run\". Run "
+                                               "`refcomp toy reproduce` to fill them.", ""]),
+             "Grounding: each instance's object is found by its colour (colours are distinct within a scene); "
+             "IoU of its bounding box with the layout box. FG = instances labelled `fg`, BG = `mg` + `bg`. "
+             "Identity (FG only): colour class, stretched-silhouette shape and texture of the blob best matching "
+             "the box, against the reference's truth.", "",
+             "| row | " + " | ".join(c for _, c in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    rows = results.get("rows", {})
+    for key, label in ROWS:
+        row = rows.get(key)
+        cells = [_fmt(row.get(k)) for k, _ in COLUMNS] if row else ["not run"] + [""] * (len(COLUMNS) - 1)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    truth = rows.get("ground_truth")
+    if truth:
+        lines += ["", "Evaluator ceiling (the generator's own renders of the same layouts): "
+                  + ", ".join(f"{c} {_fmt(truth.get(k))}" for k, c in COLUMNS) + "."]
+    lines += ["", "## α by depth label (held-out layouts)", "",
+              "Mean α (fraction routed FG, α ≥ 0.5) for instances labelled `fg` vs `mg`/`bg`.", "",
+              "| α trained from | point | FG-labelled α | BG-labelled α |", "|---|---|---|---|"]
+    for run, label in (("from_stage1", "stage 1 (default)"), ("from_stage2", "stage 2")):
+        points = results.get("alpha", {}).get(run, {})
+        for point in ALPHA_POINTS:
+            a = points.get(point)
+            cells = (f"{_fmt(a.get('fg_mean'))} ({_fmt(a.get('fg_routed_fg'))})",
+                     f"{_fmt(a.get('bg_mean'))} ({_fmt(a.get('bg_routed_fg'))})") if a else ("not run", "")
+            lines.append(f"| {label} | {point} | {cells[0]} | {cells[1]} |")
+    steps = results.get("alpha_steps")
+    if steps:
+        lines += ["", "Per-step training means (from the trainer's losses.jsonl): see `alpha_steps` in "
+                  f"`{meta.get('results_file', 'results.json')}`."]
+    lines += ["", "## Models", "", *MODELS, "", "## Setup", ""]
+    lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else _fmt(v)}"
+              for k, v in sorted(meta.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write(results: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render(results))
