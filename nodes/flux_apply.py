@@ -1,0 +1,74 @@
+"""Install a RefComp composition on a ComfyUI FLUX MODEL (a clone; the input is untouched)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from refcomp_core.controls import Controls
+from refcomp_core.errors import RefCompError
+from refcomp_core.layout import Layout
+from refcomp_core.state import InstanceFeatures
+
+from .flux_host import WRAPPER_KEY, DoubleBlockPatch, FluxComposition, SingleBlockPatch, UnetWrapper
+from .flux_views import flux_dims
+
+log = logging.getLogger(__name__)
+
+BLOCK_KINDS = ("double_block", "single_block")
+
+
+def replace_conflicts(model: Any) -> list[str]:
+    """Existing FLUX block replacements ("dit", double/single block) on `model`, as 'kind i'."""
+    to = model.model_options.get("transformer_options", {})
+    dit = to.get("patches_replace", {}).get("dit", {})
+    return sorted(f"{k[0]} {k[1]}" for k in dit if isinstance(k, tuple) and k and k[0] in BLOCK_KINDS)
+
+
+def _has_wrapper_api(model: Any) -> bool:
+    try:
+        import comfy.patcher_extension as pe
+    except ImportError:
+        return False
+    return hasattr(model, "add_wrapper_with_key") and hasattr(getattr(pe, "WrappersMP", None), "APPLY_MODEL")
+
+
+def apply_refcomp(model: Any, adapter_patcher: Any, layout: Layout, features: InstanceFeatures,
+                  controls: Controls) -> Any:
+    """-> a clone of `model` (ComfyUI ModelPatcher) that composes `layout` with the adapter.
+
+    Raises ModelMismatchError for a non-FLUX model, CheckpointError for an adapter trained
+    for other dimensions, RefCompError when another node already replaces FLUX blocks.
+    """
+    dims = flux_dims(model)
+    adapter = adapter_patcher.model.adapter
+    adapter.config.check_model(hidden_size=dims.hidden_size, num_double_blocks=dims.num_double_blocks,
+                               num_single_blocks=dims.num_single_blocks)
+    if adapter.config.num_heads != dims.num_heads:
+        raise RefCompError(f"this RefComp checkpoint was trained for {adapter.config.num_heads} attention heads, "
+                           f"the FLUX model has {dims.num_heads}; load a checkpoint trained for this model")
+    conflicts = replace_conflicts(model)
+    if conflicts:
+        raise RefCompError(f"RefComp Apply (FLUX): the MODEL already has block replacements on {', '.join(conflicts)} "
+                           "(another node such as a second RefComp Apply or an identity/ID adapter patched the same "
+                           "FLUX blocks); RefComp replaces every FLUX block, so apply only one of them to a model")
+    if len(layout.instances) == 0:
+        log.warning("RefComp Apply (FLUX): the layout has no instances; the model is returned unchanged")
+        return model
+    if len(layout.instances) > adapter.config.max_instances:
+        raise RefCompError(f"RefComp Apply (FLUX): the layout has {len(layout.instances)} boxes, this checkpoint takes "
+                           f"at most {adapter.config.max_instances}; remove boxes")
+    comp = FluxComposition(adapter_patcher, layout, features, controls, dims)
+    comp.state()   # surfaces missing encoders / bad feature widths now, not inside the sampler
+    patched = model.clone()
+    dm = patched.get_model_object("diffusion_model")
+    for i, block in enumerate(dm.double_blocks):
+        patched.set_model_patch_replace(DoubleBlockPatch(comp, i, block), "dit", "double_block", i)
+    for i, block in enumerate(dm.single_blocks):
+        patched.set_model_patch_replace(SingleBlockPatch(comp, i, block), "dit", "single_block", i)
+    if _has_wrapper_api(patched):
+        import comfy.patcher_extension as pe
+        patched.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY, comp.apply_model_wrapper)
+    else:
+        previous = patched.model_options.get("model_function_wrapper")
+        patched.set_model_unet_function_wrapper(UnetWrapper(comp, previous, patched.get_model_object("model_sampling")))
+    return patched

@@ -1,0 +1,244 @@
+"""The ComfyUI FLUX host (DESIGN §4): RefComp on `comfy.ldm.flux` through
+`set_model_patch_replace(fn, "dit", "double_block" | "single_block", i)` on a clone.
+
+- An APPLY_MODEL wrapper (or, on hosts without the wrapper API, a unet function
+  wrapper) reads the latent size and sigma of each model call and puts a per-call
+  `RefCompSession` into `transformer_options["refcomp"]`; block patches read it, and
+  the feedback bridge travels in that session from block i to block i + 1.
+- Rows of unconditioned chunks (`cond_or_uncond` = 1) get no state unless
+  `apply_to_uncond`; such rows, steps outside the windows and any call without the
+  context run ComfyUI's `original_block`.
+- The adapter lives in a ComfyUI model patcher returned by `.models()`, so ComfyUI
+  loads/offloads it with the model.
+
+Axis letters: b batch, L text tokens, N image tokens, D width.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from refcomp_core.blocks import double_block, single_block
+from refcomp_core.controls import Controls
+from refcomp_core.geometry import TokenGrid
+from refcomp_core.layout import Layout
+from refcomp_core.session import RefCompSession
+from refcomp_core.state import CompositionState, InstanceFeatures, build_state
+
+from .flux_views import (ComfyFluxDims, canonical_rope, double_view, flux_dims, row_flags, sigma_to_percent,
+                         single_body, single_view, token_grid)
+
+log = logging.getLogger(__name__)
+
+CONTEXT_KEY = "refcomp"
+WRAPPER_KEY = "refcomp"
+
+
+@dataclass
+class CallContext:
+    """What one model call tells the block patches."""
+
+    owner: str
+    session: RefCompSession
+    grid: TokenGrid
+
+
+class FluxComposition:
+    """One RefComp composition bound to one FLUX model: adapter patcher, layout, features, controls."""
+
+    def __init__(self, adapter_patcher: Any, layout: Layout, features: InstanceFeatures, controls: Controls,
+                 dims: ComfyFluxDims) -> None:
+        self.uid = uuid.uuid4().hex
+        self.adapter_patcher = adapter_patcher
+        self.layout, self.features, self.controls, self.dims = layout, features, controls, dims
+        self._states: dict[tuple[str, torch.dtype], CompositionState] = {}
+        self._centres: dict = {}
+        self._warned: set[str] = set()
+
+    @property
+    def adapter(self):
+        return self.adapter_patcher.model.adapter
+
+    # --- ComfyUI patch protocol -------------------------------------------------------------
+    def models(self) -> list[Any]:
+        return [self.adapter_patcher]
+
+    def to(self, device_or_dtype: Any) -> "FluxComposition":
+        """ComfyUI calls this with the load device, then the model dtype; the adapter itself
+        is moved by its patcher. Cached states for other devices are dropped."""
+        if isinstance(device_or_dtype, torch.device):
+            self._states = {k: v for k, v in self._states.items() if k[0] == str(device_or_dtype)}
+            self._centres.clear()
+        return self
+
+    # --- per sampling run / per call --------------------------------------------------------
+    def state(self) -> CompositionState:
+        """The step-independent cache, built once per adapter device/dtype."""
+        adapter = self.adapter
+        key = (str(adapter.device), adapter.dtype)
+        if key not in self._states:
+            with torch.no_grad():
+                self._states[key] = build_state(adapter, self.layout, self.features)
+        return self._states[key]
+
+    def context(self, x: torch.Tensor, sigma: torch.Tensor, transformer_options: dict,
+                percent_to_sigma: Callable[[float], Any] | None) -> CallContext:
+        """x: (b, C, H, W) latent of this call, sigma: (b,) or scalar."""
+        state = self.state()
+        flags = row_flags(x.shape[0], transformer_options.get("cond_or_uncond"), self.controls.apply_to_uncond)
+        s = float(sigma.max()) if torch.is_tensor(sigma) else float(sigma)
+        progress = sigma_to_percent(percent_to_sigma, s) if percent_to_sigma is not None else 0.0
+        session = RefCompSession(self.adapter, [state if f else None for f in flags], self.controls,
+                                 axes_dim=self.dims.axes_dim, theta=self.dims.theta, progress=progress,
+                                 _centres=self._centres)
+        return CallContext(owner=self.uid, session=session,
+                           grid=token_grid(x.shape[-2], x.shape[-1], self.dims.patch_size))
+
+    def apply_model_wrapper(self, executor: Any, x: torch.Tensor, t: torch.Tensor, c_concat: Any, c_crossattn: Any,
+                            control: Any, transformer_options: dict, **kwargs: Any) -> torch.Tensor:
+        """WrappersMP.APPLY_MODEL: x (b, C, H, W), t = sigma (b,)."""
+        sampling = getattr(executor.class_obj, "model_sampling", None)
+        options = dict(transformer_options)
+        options[CONTEXT_KEY] = self.context(x, t, options, getattr(sampling, "percent_to_sigma", None))
+        return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    def active_context(self, args: dict) -> CallContext | None:
+        ctx = (args.get("transformer_options") or {}).get(CONTEXT_KEY)
+        if ctx is None or ctx.owner != self.uid:
+            self.warn_once("no-context", "RefComp: a FLUX call ran without RefComp's model wrapper (another node "
+                                         "replaced the model function?); those calls run vanilla FLUX")
+            return None
+        if args.get("attn_mask") is not None:
+            self.warn_once("mask", "RefComp: FLUX was called with an attention mask, which RefComp does not "
+                                   "support; those calls run vanilla FLUX")
+            return None
+        return ctx
+
+
+class UnetWrapper:
+    """Fallback for hosts without the wrapper API: a `model_function_wrapper` that chains any
+    previous one."""
+
+    def __init__(self, comp: FluxComposition, previous: Any, model_sampling: Any) -> None:
+        self.comp, self.previous, self.model_sampling = comp, previous, model_sampling
+
+    def __call__(self, apply_model: Callable, params: dict) -> torch.Tensor:
+        x, t, c = params["input"], params["timestep"], dict(params["c"])
+        options = dict(c.get("transformer_options", {}))
+        options.setdefault("cond_or_uncond", params.get("cond_or_uncond"))
+        options[CONTEXT_KEY] = self.comp.context(x, t, options, getattr(self.model_sampling, "percent_to_sigma", None))
+        c["transformer_options"] = options
+        if self.previous is not None:
+            return self.previous(apply_model, {**params, "c": c})
+        return apply_model(x, t, **c)
+
+    def models(self) -> list[Any]:
+        return self.comp.models() + (self.previous.models() if hasattr(self.previous, "models") else [])
+
+    def to(self, device_or_dtype: Any) -> "UnetWrapper":
+        self.comp.to(device_or_dtype)
+        if hasattr(self.previous, "to"):
+            self.previous = self.previous.to(device_or_dtype)
+        return self
+
+
+def _rows(args: dict, start: int, stop: int, batch: int) -> dict:
+    """args restricted to batch rows [start, stop)."""
+    if start == 0 and stop == batch:
+        return args
+    out = dict(args)
+    for key in ("img", "txt", "vec"):
+        if key in out:
+            out[key] = out[key][start:stop]
+    pe = out.get("pe")
+    if pe is not None and pe.shape[0] == batch and batch > 1:
+        out["pe"] = pe[start:stop]
+    return out
+
+
+def _pe_rows(pe: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    return pe if pe.shape[0] == 1 else pe[start:stop]
+
+
+class DoubleBlockPatch:
+    """Replacement for double block `index` (captured module)."""
+
+    def __init__(self, comp: FluxComposition, index: int, block: Any) -> None:
+        self.comp, self.index, self.block, self.view = comp, index, block, double_view(block)
+
+    def models(self) -> list[Any]:
+        return self.comp.models()
+
+    def to(self, device_or_dtype: Any) -> "DoubleBlockPatch":
+        self.comp.to(device_or_dtype)
+        return self
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        original = extra["original_block"]
+        ctx = self.comp.active_context(args)
+        img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
+        if ctx is None or pe is None or not torch.is_tensor(vec) or vec.shape[0] != img.shape[0]:
+            return original(args)
+        session, b = ctx.session, img.shape[0]
+        calls = [(s, e, session.call(st, ctx.grid, self.index, (s, e), img.device, double=True))
+                 for s, e, st in session.runs(b)]
+        if all(c is None for _, _, c in calls):
+            return original(args)
+        rope = canonical_rope(pe)
+        imgs, txts = [], []
+        for s, e, call in calls:
+            if call is None:
+                out = original(_rows(args, s, e, b))
+                imgs.append(out["img"])
+                txts.append(out["txt"])
+            else:
+                im, tx, fb = double_block(self.view, img[s:e], txt[s:e], vec[s:e], rope.rows(s, e), call)
+                session.store_feedback((s, e), self.index, fb)
+                imgs.append(im)
+                txts.append(tx)
+        return {"img": torch.cat(imgs), "txt": torch.cat(txts)}
+
+
+class SingleBlockPatch:
+    """Replacement for single block `index` (captured module). args["img"] is [txt | img]."""
+
+    def __init__(self, comp: FluxComposition, index: int, block: Any) -> None:
+        self.comp, self.index, self.block, self.view = comp, index, block, single_view(block)
+
+    def models(self) -> list[Any]:
+        return self.comp.models()
+
+    def to(self, device_or_dtype: Any) -> "SingleBlockPatch":
+        self.comp.to(device_or_dtype)
+        return self
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        original = extra["original_block"]
+        ctx = self.comp.active_context(args)
+        x, vec, pe = args["img"], args["vec"], args["pe"]
+        if ctx is None or pe is None or not torch.is_tensor(vec) or vec.shape[0] != x.shape[0]:
+            return original(args)
+        options = args.get("transformer_options") or {}
+        txt_len = int(options["img_slice"][0])
+        session, b = ctx.session, x.shape[0]
+        calls = [(s, e, session.call(st, ctx.grid, self.index, (s, e), x.device, double=False))
+                 for s, e, st in session.runs(b)]
+        if all(c is None for _, _, c in calls):
+            return original(args)
+        outs = []
+        for s, e, call in calls:
+            if call is None:
+                outs.append(original(_rows(args, s, e, b))["img"])
+            else:
+                body = single_body(self.block, _pe_rows(pe, s, e), options)
+                outs.append(single_block(self.view, x[s:e], vec[s:e], call, txt_len, body))
+        return {"img": torch.cat(outs)}

@@ -1,0 +1,52 @@
+"""Values that travel on RefComp's sockets (all `REFCOMP_*` types)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from refcomp_core.checkpoint import CheckpointInfo
+from refcomp_core.layout import Layout
+from refcomp_core.state import InstanceFeatures
+
+MODEL_TYPE = "REFCOMP_MODEL"
+REFERENCES_TYPE = "REFCOMP_REFERENCES"
+LAYOUT_TYPE = "REFCOMP_LAYOUT"
+INSTANCES_TYPE = "REFCOMP_INSTANCES"
+
+
+@dataclass
+class RefCompModel:
+    """A loaded adapter: `patcher.model.adapter` is the RefCompAdapter, held by a ComfyUI model patcher."""
+
+    patcher: Any
+    info: CheckpointInfo
+    name: str
+
+    @property
+    def adapter(self):
+        return self.patcher.model.adapter
+
+
+@dataclass
+class ReferenceSet:
+    """Reference images in a stable order; images[i] is (H_i, W_i, 3) float in [0, 1], RGB."""
+
+    images: list[torch.Tensor] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class RefCompInstances:
+    """A validated layout plus the frozen-encoder features of its references and captions."""
+
+    layout: Layout
+    features: InstanceFeatures
+    num_refs: int
+
+    def with_layout(self, layout: Layout) -> "RefCompInstances":
+        return replace(self, layout=layout)

@@ -1,0 +1,193 @@
+"""Runs inside a real ComfyUI (COMFYUI_PYTHON, cwd = a temp copy of COMFYUI_PATH) and prints
+one JSON line `RESULT {...}` for the pytest side. Never imported by pytest.
+
+    python driver.py <comfy_root> <pack_dir_in_custom_nodes> <work_dir> <task>
+
+Tasks: load (node registry), parity (tensors for the diffusers comparison),
+sample (ComfyUI's own executor on a tiny FLUX).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+ROOT, PACK, WORK, TASK = sys.argv[1:5]
+os.chdir(ROOT)
+sys.path.insert(0, ROOT)
+sys.argv = [sys.argv[0]]
+
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True
+comfy.cli_args.args.disable_all_custom_nodes = True
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import driver_nodes  # noqa: E402
+
+RESULT: dict = {}
+
+
+def init_nodes() -> None:
+    import nodes
+    extra = os.path.join(WORK, "extra_model_paths.yaml")
+    if os.path.exists(extra):       # as main.py does, before custom nodes load
+        import utils.extra_config
+        utils.extra_config.load_extra_path_config(extra)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    ok = asyncio.run(nodes.load_custom_node(PACK))
+    RESULT["pack_loaded"] = bool(ok)
+    nodes.NODE_CLASS_MAPPINGS.update(driver_nodes.NODE_CLASS_MAPPINGS)
+
+
+def task_load() -> None:
+    import nodes
+    init_nodes()
+    info = {}
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        types = cls.INPUT_TYPES()
+        info[name] = {
+            "inputs": {sec: {k: (v[0] if isinstance(v[0], str) else "COMBO",
+                                 {**(v[1] if len(v) > 1 else {}),
+                                  **({"options": list(v[0])} if isinstance(v[0], (list, tuple)) else {})})
+                             for k, v in types.get(sec, {}).items()} for sec in ("required", "optional")},
+            "outputs": list(getattr(cls, "RETURN_TYPES", ())),
+            "category": getattr(cls, "CATEGORY", ""),
+            "description": getattr(cls, "DESCRIPTION", ""),
+            "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name),
+        }
+    with open(os.path.join(WORK, "object_info.json"), "w") as f:
+        json.dump(info, f, default=str)
+    RESULT["refcomp_nodes"] = sorted(n for n in info if n.startswith("RefComp") and not n.startswith("RefCompTest"))
+    import folder_paths
+    RESULT["refcomp_folder"] = folder_paths.get_folder_paths("refcomp")
+    check_host_conversions()
+
+
+def check_host_conversions() -> None:
+    """RoPE: the canonical Rope from ComfyUI's pe rotates like ComfyUI's own apply_rope.
+    Schedule: sigma_to_percent inverts ModelSamplingFlux.percent_to_sigma."""
+    import comfy.ldm.flux.math as fm
+    import comfy.model_sampling
+    from comfy.ldm.flux.layers import EmbedND
+    from refcomp_core.rope import apply_rope
+    views = sys.modules[PACK.replace(".", "_x_") + ".nodes.flux_views"]
+    ids = torch.rand(2, 7, 3) * 10
+    pe = EmbedND(dim=16, theta=10000, axes_dim=[4, 6, 6])(ids)                    # (b, 1, l, 8, 2, 2)
+    q, k = torch.randn(2, 3, 7, 16), torch.randn(2, 3, 7, 16)                     # (b, h, l, c)
+    cq, ck = fm.apply_rope(q, k, pe)
+    rope = views.canonical_rope(pe)
+    ours = apply_rope(q.transpose(1, 2), rope).transpose(1, 2)                     # core wants (b, l, h, c)
+    RESULT["rope_max_err"] = float((ours - cq).abs().max())
+
+    class Sampling(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
+        pass
+    ms = Sampling(None)
+    errs = [abs(views.sigma_to_percent(ms.percent_to_sigma, float(ms.percent_to_sigma(p))) - p)
+            for p in (0.05, 0.3, 0.5, 0.77, 0.95)]
+    RESULT["percent_max_err"] = max(errs)
+
+
+def _run_model(patcher, inputs: dict, cond_or_uncond: list[int], **extra) -> torch.Tensor:
+    import comfy.model_management as mm
+    import comfy.patcher_extension as pe
+    to = dict(patcher.model_options["transformer_options"])
+    to["wrappers"] = pe.merge_nested_dicts(dict(to.get("wrappers", {})), patcher.wrappers, copy_dict1=True) \
+        if hasattr(pe, "merge_nested_dicts") else patcher.wrappers
+    to["cond_or_uncond"] = cond_or_uncond
+    to["sigmas"] = inputs["sigma"]
+    mm.load_models_gpu([patcher])
+    with torch.no_grad():
+        return patcher.model.apply_model(inputs["x"], inputs["sigma"], c_crossattn=inputs["context"],
+                                         y=inputs["pooled"], guidance=inputs["guidance"], transformer_options=to, **extra)
+
+
+def task_parity() -> None:
+    """Vanilla and patched denoised outputs for the tensors in WORK (written by the pytest side)."""
+    init_nodes()
+    from refcomp_core.checkpoint import load_adapter
+    from refcomp_core.controls import Controls
+    from refcomp_core.layout import parse_layout
+    from refcomp_core.state import InstanceFeatures
+    pack = sys.modules[PACK.replace(".", "_x_")]
+    apply_refcomp = sys.modules[pack.__name__ + ".nodes.flux_apply"].apply_refcomp
+    runtime = sys.modules[pack.__name__ + ".nodes.runtime"]
+
+    model = driver_nodes.tiny_flux_from_diffusers(os.path.join(WORK, "flux.safetensors"))
+    inputs = load_file(os.path.join(WORK, "inputs.safetensors"))
+    with open(os.path.join(WORK, "layout.json")) as f:
+        layout = parse_layout(f.read())
+    feats = InstanceFeatures(clip_image=inputs["clip"], dino=inputs["dino"], caption=inputs["caption"])
+    outs = {}
+    batch = inputs["x"].shape[0]
+    kontext = inputs["x"][:, :, :8, :8] * 0.5          # an 8x8 reference latent per row
+    for tag in ("fresh", "random"):
+        adapter, _ = load_adapter(os.path.join(WORK, f"adapter_{tag}.safetensors"))
+        ap = runtime.adapter_patcher(adapter)
+        for uncond in (False, True):
+            controls = Controls(layout_window=(0.0, 1.0), apply_to_uncond=uncond)
+            patched = apply_refcomp(model, ap, layout, feats, controls)
+            key = f"{tag}_{'all' if uncond else 'cond'}"
+            outs[f"{key}_cond"] = _run_model(patched, inputs, [0])
+            # the same rows twice, batched as [uncond | cond] chunks
+            two = {k: torch.cat([v, v]) if k in ("x", "sigma", "context", "pooled", "guidance") else v
+                   for k, v in inputs.items()}
+            outs[f"{key}_batched"] = _run_model(patched, two, [1, 0])
+            outs[f"{key}_uncond_alone"] = _run_model(patched, inputs, [1])
+            if not uncond:   # Kontext-style reference latents appended after the main grid
+                outs[f"{tag}_kontext"] = _run_model(patched, inputs, [0], ref_latents=[kontext])
+    outs["vanilla"] = _run_model(model, inputs, [0])
+    outs["vanilla_kontext"] = _run_model(model, inputs, [0], ref_latents=[kontext])
+    errors = {}
+    wrong, _ = load_adapter(os.path.join(WORK, "adapter_wrong.safetensors"))
+    try:
+        apply_refcomp(model, runtime.adapter_patcher(wrong), layout, feats, Controls())
+    except ValueError as err:
+        errors["hidden"] = str(err)
+    try:
+        apply_refcomp(patched, ap, layout, feats, Controls())
+    except ValueError as err:
+        errors["twice"] = str(err)
+    RESULT["errors"] = errors
+    save_file({k: v.contiguous() for k, v in outs.items()}, os.path.join(WORK, "outputs.safetensors"))
+    RESULT["batch"] = batch
+    RESULT["patches_on_input_model"] = len(model.model_options["transformer_options"].get("patches_replace", {}))
+
+
+def task_sample() -> None:
+    init_nodes()
+    import execution
+    with open(os.path.join(WORK, "prompt.json")) as f:
+        prompt = json.load(f)
+
+    class Server:
+        client_id = None
+        last_node_id = None
+
+        def send_sync(self, event, data, sid=None):
+            if event == "execution_error":
+                RESULT.setdefault("errors", []).append({k: data.get(k) for k in ("node_type", "exception_message")})
+
+        def queue_updated(self):
+            pass
+
+    valid = asyncio.run(execution.validate_prompt("p1", prompt, None))
+    RESULT["valid"] = bool(valid[0])
+    if not valid[0]:
+        RESULT["validation"] = {"error": valid[1], "node_errors": valid[3]}
+        return
+    cache_type = getattr(execution, "CacheType").CLASSIC
+    ex = execution.PromptExecutor(Server(), cache_type=cache_type, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    ex.execute(prompt, "p1", {}, valid[2])
+    RESULT["success"] = bool(ex.success)
+
+
+if __name__ == "__main__":
+    try:
+        {"load": task_load, "parity": task_parity, "sample": task_sample}[TASK]()
+    finally:
+        print("RESULT " + json.dumps(RESULT, default=str), flush=True)

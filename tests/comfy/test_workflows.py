@@ -1,0 +1,54 @@
+"""Example workflows: well-formed everywhere; against real node schemas with ComfyUI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from refcomp_core import parse_layout
+from workflow_check import WORKFLOWS, canvas_layouts, check_workflow
+
+
+def test_there_are_the_three_example_workflows():
+    names = {p.name for p in WORKFLOWS}
+    assert {"refcomp_few_references_flux_dev.json", "refcomp_dense_captions_flux_dev.json",
+            "refcomp_shelf_22_references_flux_dev.json"} <= names
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_layouts_and_model_list(path):
+    wf = json.loads(path.read_text())
+    layouts = canvas_layouts(wf)
+    assert len(layouts) == 1
+    for doc, num_refs in layouts:
+        layout = parse_layout(doc, num_refs=num_refs or None)
+        assert len(layout) >= 1
+    notes = [n for n in wf["nodes"] if n["type"] == "MarkdownNote"]
+    assert notes and "models/diffusion_models/flux1-dev.safetensors" in notes[0]["widgets_values"][0]
+    assert "models/refcomp/" in notes[0]["widgets_values"][0]
+    listed = [m["name"] for n in wf["nodes"] for m in n.get("properties", {}).get("models", [])]
+    assert "flux1-dev.safetensors" in listed
+
+
+def test_dense_and_many_reference_layouts():
+    by_name = {p.name: json.loads(p.read_text()) for p in WORKFLOWS}
+    dense = parse_layout(canvas_layouts(by_name["refcomp_dense_captions_flux_dev.json"])[0][0])
+    assert len(dense) >= 15 and all(i.ref is None and i.caption for i in dense.instances)
+    scene = parse_layout(canvas_layouts(by_name["refcomp_shelf_22_references_flux_dev.json"])[0][0])
+    assert len(scene.referenced) >= 20
+
+
+def test_checker_finds_problems():
+    wf = json.loads(WORKFLOWS[0].read_text())
+    info = {"RefCompApplyFLUX": {"inputs": {"required": {"strength": ("FLOAT", {"min": 0, "max": 1})},
+                                            "optional": {}}, "outputs": ["MODEL"]}}
+    problems = check_workflow(wf, info)
+    assert any("unknown type UNETLoader" in p for p in problems)
+    assert any("RefCompApplyFLUX: 7 widget values, schema has 1" in p for p in problems)
+
+
+@pytest.mark.integration
+def test_workflows_match_real_node_schemas(object_info):
+    for path in WORKFLOWS:
+        problems = check_workflow(json.loads(path.read_text()), object_info)
+        assert not problems, f"{path.name}: {problems}"
