@@ -9,7 +9,7 @@ import torch
 
 from refcomp_core.checkpoint import load_adapter
 from refcomp_core.layout import Layout
-from refcomp_core.state import InstanceFeatures, _alpha, _gather
+from refcomp_core.state import InstanceFeatures, predict_alpha
 
 from .types import RefCompModel
 
@@ -91,10 +91,5 @@ def load_refcomp_model(name: str, dtype: str = "auto") -> RefCompModel:
 
 def predict_alphas(adapter, layout: Layout, features: InstanceFeatures) -> torch.Tensor:
     """alpha per instance (manual > M1 prediction; caption-only 0) on the adapter's device. -> (n,)"""
-    device, dtype = adapter.device, adapter.dtype
-    n = len(layout.instances)
-    refs = [i.ref if isinstance(i.ref, int) else None for i in layout.instances]
-    boxes = torch.tensor([list(i.box) for i in layout.instances], dtype=dtype, device=device).reshape(n, 4)
     with torch.no_grad():
-        clip = _gather(features.clip_image, refs, adapter.config.clip_dim, device, dtype)
-        return _alpha(adapter, layout, refs, boxes, clip, features).float().cpu()
+        return predict_alpha(adapter, layout, features).float().cpu()

@@ -15,9 +15,9 @@ from .errors import CheckpointError, LayoutError, MissingEncoderError, ModelMism
 from .geometry import TokenGrid
 from .layout import Instance, Layout, parse_layout
 from .session import RefCompSession
-from .state import CompositionState, InstanceFeatures, build_state
+from .state import CompositionState, InstanceFeatures, build_state, predict_alpha
 
 __all__ = ["NAMESPACES", "STAGE_MODULES", "LORA_TARGETS", "RefCompAdapter", "RefCompConfig", "Controls",
            "CheckpointError", "LayoutError", "MissingEncoderError", "ModelMismatchError", "RefCompError",
            "TokenGrid", "Instance", "Layout", "parse_layout", "RefCompSession", "CompositionState",
-           "InstanceFeatures", "build_state"]
+           "InstanceFeatures", "build_state", "predict_alpha"]

@@ -136,7 +136,7 @@ def build_state(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatu
     boxes = torch.tensor([list(i.box) for i in layout.instances], dtype=dtype, device=device).reshape(n, 4)
     refs = [i.ref if isinstance(i.ref, int) else None for i in layout.instances]
     clip = _gather(features.clip_image, refs, cfg.clip_dim, device, dtype)
-    alpha = _alpha(adapter, layout, refs, boxes, clip, features)
+    alpha = _alpha(adapter, layout, refs, boxes, clip, features)                          # (n,)
     is_fg = [r is not None and a >= 0.5 for r, a in zip(refs, alpha.detach().tolist())]
     visual = torch.zeros(n, cfg.visual_dim, device=device, dtype=dtype)
     need_clip = [i for i, r in enumerate(refs) if r is not None and not is_fg[i]]
@@ -158,6 +158,16 @@ def build_state(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatu
     shared = adapter.modulation.shared(tokens[fg_ids])                                    # (g, D)
     return CompositionState(boxes=boxes, alpha=alpha, is_fg=is_fg, fg_ids=fg_ids, tokens=tokens,
                             layout_tokens=layout_tokens, shared=shared)
+
+
+def predict_alpha(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatures) -> torch.Tensor:
+    """alpha per instance (caption-only 0, manual override, else M1), without building a state.  -> (n,)"""
+    n = len(layout.instances)
+    refs = [i.ref if isinstance(i.ref, int) else None for i in layout.instances]
+    boxes = torch.tensor([list(i.box) for i in layout.instances], dtype=adapter.dtype,
+                         device=adapter.device).reshape(n, 4)
+    clip = _gather(features.clip_image, refs, adapter.config.clip_dim, adapter.device, adapter.dtype)
+    return _alpha(adapter, layout, refs, boxes, clip, features)
 
 
 def _alpha(adapter: RefCompAdapter, layout: Layout, refs: list[int | None], boxes: torch.Tensor,
