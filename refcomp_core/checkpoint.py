@@ -37,6 +37,7 @@ def save_adapter(path: str | os.PathLike, adapter: RefCompAdapter, *, stage: int
             "step": json.dumps(step), "base_model": json.dumps(base_model)}
     tmp = f"{os.fspath(path)}.tmp"
     save_file(tensors, tmp, metadata=meta)
+    os.chmod(tmp, 0o644)                 # safetensors writes 0600; model folders are often shared
     os.replace(tmp, path)
 
 

@@ -188,7 +188,7 @@ def _alpha(adapter: RefCompAdapter, layout: Layout, refs: list[int | None], boxe
                 depth[i, DEPTHS.index(inst.depth)] = 1.0
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         out = adapter.alpha(clip[predicted], area[predicted], depth[predicted])
-        alpha = alpha.index_put((torch.tensor(predicted, device=device),), out)
+        alpha = alpha.index_put((torch.tensor(predicted, device=device),), out.to(alpha.dtype))
     return alpha
 
 

@@ -14,7 +14,7 @@ import torch
 
 from refcomp_core import RefCompAdapter
 from refcomp_core.checkpoint import load_adapter
-from refcomp_core.hosts.diffusers_flux import config_for, flux_dims
+from refcomp_core.hosts.diffusers_flux import enable_gradient_checkpointing, config_for, flux_dims
 
 from .config import ModelPaths, TrainConfig
 from .encoders import Frozen
@@ -52,22 +52,6 @@ def load_frozen(paths: ModelPaths, needs: Needs, device: torch.device, dtype: to
         fz.t5_tokenizer = AutoTokenizer.from_pretrained(paths.resolve("tokenizer_2"), local_files_only=True)
         fz.clip_vision = load(CLIPVisionModelWithProjection, "clip_vision")
     return fz
-
-
-def checkpoint_current_forward(module: torch.nn.Module, *args: Any) -> Any:
-    """Gradient checkpointing for FLUX blocks that re-runs the forward installed *now*.
-
-    `patch_flux` is undone when the forward returns, before backward; diffusers' default
-    re-enters `module.__call__` at recomputation time and would then run the unpatched
-    block. Capturing the patched forward keeps recomputation identical to the forward
-    (the session keys its feedback per block). Block hooks are bypassed; FLUX blocks
-    have none."""
-    from torch.utils.checkpoint import checkpoint
-    return checkpoint(module.forward, *args, use_reentrant=False)
-
-
-def enable_gradient_checkpointing(transformer: torch.nn.Module) -> None:
-    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_current_forward)
 
 
 def encoder_dims(paths: ModelPaths) -> dict[str, int]:

@@ -7,7 +7,6 @@ Axis letters: b batch, N image tokens, C latent channels, n instances.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,21 +21,10 @@ from .encoders import Frozen, flux_ids
 from .features import Batch
 
 
-@dataclass(frozen=True)
-class StageControls(Controls):
-    """Controls with a modulation switch: stage 1 trains the layout pathway only.
-    (Remove once refcomp_core.Controls has `modulation_enabled` itself.)"""
-
-    modulation_enabled: bool = True
-
-    def modulation_on(self, progress: float) -> bool:
-        return self.modulation_enabled and super().modulation_on(progress)
-
-
-def stage_controls(cfg: TrainConfig) -> StageControls:
+def stage_controls(cfg: TrainConfig) -> Controls:
     """Training keeps both windows fully open; stage 1 switches modulation off."""
-    return StageControls(layout_window=(0.0, 1.0), modulation_window=(0.0, 1.0), mask_margin=1.0,
-                         modulation_enabled=cfg.modulation_enabled)
+    return Controls(layout_window=(0.0, 1.0), modulation_window=(0.0, 1.0), mask_margin=1.0,
+                    modulation=cfg.modulation_enabled)
 
 
 class TrainModel(nn.Module):

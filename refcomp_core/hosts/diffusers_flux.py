@@ -197,6 +197,22 @@ class DiffusersFluxPatch:
         return forward
 
 
+def checkpoint_current_forward(module: torch.nn.Module, *args: Any) -> Any:
+    """A `gradient_checkpointing_func` that recomputes with the forward installed *now*.
+
+    `patch_flux` is undone when the forward returns, usually before backward; diffusers'
+    default re-enters `module.__call__` at recomputation time and would run the unpatched
+    block. Capturing the patched forward keeps the recomputation identical (the session
+    keys its feedback per block, so it is not overwritten). FLUX blocks have no hooks."""
+    from torch.utils.checkpoint import checkpoint
+    return checkpoint(module.forward, *args, use_reentrant=False)
+
+
+def enable_gradient_checkpointing(transformer: Any) -> None:
+    """Gradient checkpointing that stays correct when backward runs after `patch_flux` exits."""
+    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_current_forward)
+
+
 @contextlib.contextmanager
 def patch_flux(transformer: Any, session: RefCompSession) -> Iterator[DiffusersFluxPatch]:
     """Run `transformer` with RefComp for the duration of the `with` block."""

@@ -130,7 +130,7 @@ def test_stage_one_switches_modulation_off():
     from helpers import features, flux_inputs, random_layout, randomize, tiny_adapter, tiny_flux
 
     from refcomp_core.hosts.diffusers_flux import patch_flux
-    from training.step import StageControls
+    from refcomp_core import Controls
 
     model = tiny_flux()
     adapter = randomize(tiny_adapter(model))
@@ -144,7 +144,7 @@ def test_stage_one_switches_modulation_off():
     def forward(enabled: bool) -> torch.Tensor:
         state = build_state(adapter, layout, features(adapter, layout))
         assert state.n_fg > 0
-        controls = StageControls(layout_window=(0, 1), modulation_window=(0, 1), modulation_enabled=enabled)
+        controls = Controls(layout_window=(0, 1), modulation_window=(0, 1), modulation=enabled)
         with torch.no_grad(), patch_flux(model, RefCompSession(adapter, state, controls)):
             return model(**inputs)[0]
 
