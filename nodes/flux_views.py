@@ -16,17 +16,14 @@ import torch.nn.functional as F
 from refcomp_core.blocks import DoubleBlockView, SingleBlockView
 from refcomp_core.errors import ModelMismatchError
 from refcomp_core.geometry import TokenGrid
+from refcomp_core.hosts.diffusers_flux import FluxDims
 from refcomp_core.rope import Rope
 
 
 @dataclass(frozen=True)
-class ComfyFluxDims:
-    hidden_size: int
-    num_double_blocks: int
-    num_single_blocks: int
-    num_heads: int
-    axes_dim: tuple[int, ...]
-    theta: float
+class ComfyFluxDims(FluxDims):
+    """The core's FluxDims plus ComfyUI's latent patch size."""
+
     patch_size: int
 
 
