@@ -15,9 +15,11 @@ from .errors import CheckpointError
 FORMAT_VERSION = 1
 
 # Projections of a layout block that carry an Assemble-Attn LoRA.
-# The context-stream out-projection is deliberately absent: the branch discards
-# the instance token's own output, so a LoRA there would never receive gradient.
-LORA_TARGETS: tuple[str, ...] = ("img_q", "img_k", "img_v", "img_out", "txt_q", "txt_k", "txt_v")
+# The context stream's query and out-projection are deliberately absent: the branch
+# keeps only the image tokens' outputs, which depend on the instance token's key and
+# value but not on its query or its own output, so LoRAs there would never receive
+# gradient (and would break DDP's every-parameter-used check).
+LORA_TARGETS: tuple[str, ...] = ("img_q", "img_k", "img_v", "img_out", "txt_k", "txt_v")
 
 
 @dataclass(frozen=True)
