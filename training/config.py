@@ -18,13 +18,21 @@ FLUX_SUBFOLDERS = {"transformer": "transformer", "vae": "vae", "text_encoder": "
                    "tokenizer": "tokenizer", "text_encoder_2": "text_encoder_2", "tokenizer_2": "tokenizer_2"}
 
 
+PROVIDERS = ("diffusers", "toy")
+
+
 @dataclass
 class ModelPaths:
     """Local folders of the frozen parts (loaded with from_pretrained, never downloaded).
 
     `flux_root` is a diffusers FLUX.1 folder; any component given explicitly wins over
     its subfolder. `clip_vision` is CLIP-L/14 with projection, `dino` is DINOv2-L/14.
+    `provider: toy` loads the toy world's frozen parts from `toy_weights` instead
+    (refcomp/toy/parts.py; 8 px per token).
     """
+
+    provider: str = "diffusers"
+    toy_weights: str | None = None
 
     flux_root: str | None = None
     transformer: str | None = None
@@ -36,6 +44,13 @@ class ModelPaths:
     clip_vision: str | None = None
     dino: str | None = None
     base_model: str = "FLUX.1-dev"
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"models.provider: {self.provider!r} is not one of {list(PROVIDERS)}")
+        if self.provider == "toy" and not self.toy_weights:
+            raise ValueError("models.toy_weights: provider 'toy' needs the folder of the toy parts "
+                             "(backbone/text/clip/dino .safetensors)")
 
     def resolve(self, name: str) -> str:
         """The folder of one component; raises ValueError naming the YAML field."""
@@ -116,7 +131,7 @@ class TrainConfig:
     data: DataConfig
     loss: LossConfig = field(default_factory=LossConfig)
     init_from: str | None = None
-    alpha_from_stage: int = 1
+    alpha_from_stage: int = 1            # 1 measured better than 2 on the toy (bench/TOY.md)
     adapter: dict[str, Any] = field(default_factory=dict)
     learning_rate: float = 1e-4
     warmup_steps: int = 0
@@ -215,7 +230,8 @@ def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
 
 
 PATH_KEYS = {"output_dir", "init_from", "data.manifest", "data.cache_dir"} | \
-    {f"models.{f.name}" for f in dataclasses.fields(ModelPaths) if f.name != "base_model"}
+    {f"models.{f.name}" for f in dataclasses.fields(ModelPaths)
+                                     if f.name not in ("base_model", "provider")}
 
 
 def _resolve_paths(raw: dict[str, Any], base: str) -> None:

@@ -33,6 +33,7 @@ class Frozen:
     t5_tokenizer: Any = None
     clip_vision: Any = None
     dino: Any = None
+    pixels_per_token: int = 16      # FLUX: 8x VAE x 2x2 packing; the toy codec gives 8
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +108,8 @@ def encode_latents(fz: Frozen, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def decode_tokens(fz: Frozen, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """tokens: (b, N, 4C) on an (h, w) token grid -> pixels (b, 3, 16h, 16w) in [0, 1]."""
+    """tokens: (b, N, 4C) on an (h, w) token grid -> pixels (b, 3, p*h, p*w) in [0, 1]
+    (p = fz.pixels_per_token)."""
     cfg = fz.vae.config
     lat = rearrange(tokens, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=grid[0], w=grid[1], ph=2, pw=2)
     lat = lat / cfg.scaling_factor + (cfg.shift_factor or 0.0)

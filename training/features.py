@@ -134,7 +134,8 @@ def load_batch(fz: enc.Frozen, samples: list[Sample], ids: list[int], cfg: DataC
             raise ValueError(f"data: every sample of bucket {samples[i].bucket} is unreadable; check the manifest")
     dev = fz.device
     w, h = rows[0][0].bucket
-    return Batch(latents=torch.stack([f.latents for _, f in rows]).to(dev), grid=(h // 16, w // 16),
+    ppt = fz.pixels_per_token
+    return Batch(latents=torch.stack([f.latents for _, f in rows]).to(dev), grid=(h // ppt, w // ppt),
                  prompt=torch.stack([f.prompt for _, f in rows]).to(dev),
                  pooled=torch.stack([f.pooled for _, f in rows]).to(dev),
                  layouts=[s.layout for s, _ in rows],

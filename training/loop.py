@@ -39,6 +39,7 @@ class Run:
     samples: list[Sample]
     skipped: Skipped
     members: dict
+    nograd_total: int = 0
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
@@ -92,36 +93,64 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 def train_step(run: Run, step: int) -> dict[str, Any]:
-    """One optimizer step. A non-finite loss or gradient skips the update (all ranks agree)."""
+    """One optimizer step. A non-finite loss or gradient skips the update (all ranks agree).
+
+    A loss with no grad path (e.g. stage 3 on a batch where no instance is FG, so the
+    bridge is unused) comes back from the forward as a zero that touches every trainable
+    parameter (`TrainModel.forward`, `grad_path` 0), so every rank still runs the same
+    backward and DDP's all-reduce; when no rank had a grad path the update is skipped
+    (zero gradients would still move AdamW's moments).
+    """
     cfg, acc = run.cfg, run.accelerator
     ids = batch_for_step(run.samples, cfg.data, cfg.seed, step, acc.process_index, acc.num_processes)
     batch = load_batch(run.frozen, run.samples, ids, cfg.data, run.skipped, run.members)
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + acc.process_index)
     out = run.model(batch, run.frozen, step, generator)
-    acc.backward(out["loss"])
+    has_grad = float(out.pop("grad_path"))
+    loss = out["loss"]
+    acc.backward(loss)
     norm = acc.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    bad = torch.tensor(float(not (torch.isfinite(out["loss"].detach()) and torch.isfinite(norm))), device=acc.device)
-    skipped = bool(acc.reduce(bad, "sum") > 0)
+    loss_value = torch.as_tensor(out["loss"], dtype=torch.float32, device=acc.device).detach()
+    flags = torch.tensor([float(not (torch.isfinite(loss_value) and torch.isfinite(norm))), has_grad],
+                         device=acc.device)
+    flags = acc.reduce(flags, "sum")
+    nonfinite, nograd = bool(flags[0] > 0), bool(flags[1] == 0)
+    nograd_ranks = acc.num_processes - int(flags[1])
     lr = learning_rate(cfg, step)
-    if skipped:
+    if nonfinite:
         log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); update skipped", step,
-                    float(out["loss"].detach()), float(norm))
+                    float(loss_value), float(norm))
+    elif nograd:
+        log.info("step %d: the loss has no grad path on any rank (nothing trainable was used); update skipped",
+                 step)
     else:
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return {**{k: v.detach() for k, v in out.items()}, "grad_norm": norm.detach(), "lr": lr,
-            "nonfinite_skipped": skipped}
+    terms = {k: v.detach() if torch.is_tensor(v) else torch.as_tensor(v) for k, v in out.items()}
+    return {**terms, "loss": loss_value, "grad_norm": norm.detach(), "lr": lr, "nonfinite_skipped": nonfinite,
+            "nograd_skipped": nograd and not nonfinite, "nograd_ranks": nograd_ranks}
+
+
+def alpha_means(terms: dict[str, Any]) -> dict[str, float]:
+    """Mean α of FG-/BG-labelled instances in the step's batch (absent when there were none)."""
+    return {f"{key}_mean": float(terms[key].float().mean()) for key in ("alpha_fg", "alpha_bg")
+            if key in terms and terms[key].numel()}
 
 
 def log_step(run: Run, step: int, terms: dict[str, Any]) -> None:
-    """Scalars (each loss term, lr, grad norm) and α histograms for FG/BG-labelled instances."""
+    """Scalars (each loss term, lr, grad norm, skip counters, α means) to losses.jsonl every
+    step and to tensorboard every `log_every`, plus α histograms for FG/BG-labelled instances."""
     acc = run.accelerator
     scalars = {f"loss/{k}": float(v) for k, v in terms.items() if torch.is_tensor(v) and v.ndim == 0
                and k not in ("grad_norm",)}
+    run.nograd_total += int(terms["nograd_skipped"])
     scalars.update({"grad_norm": float(terms["grad_norm"]), "lr": terms["lr"],
-                    "data/skipped": run.skipped.total, "nonfinite_skipped": float(terms["nonfinite_skipped"])})
+                    "data/skipped": run.skipped.total, "nonfinite_skipped": float(terms["nonfinite_skipped"]),
+                    "nograd_skipped": float(terms["nograd_skipped"]), "nograd_skipped_total": run.nograd_total,
+                    "nograd_ranks": terms["nograd_ranks"],
+                    **alpha_means(terms)})
     if acc.is_main_process:
         with open(os.path.join(run.cfg.output_dir, "losses.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
@@ -131,7 +160,7 @@ def log_step(run: Run, step: int, terms: dict[str, Any]) -> None:
     if acc.is_main_process and acc.trackers:
         writer = acc.get_tracker("tensorboard", unwrap=True)
         for key in ("alpha_fg", "alpha_bg"):
-            if terms[key].numel():
+            if key in terms and terms[key].numel():
                 writer.add_histogram(f"alpha/{key[6:]}", terms[key].float().cpu(), step)
 
 
@@ -165,5 +194,6 @@ def run_training(cfg: TrainConfig, resume_from: str | None = None) -> int:
     ckpt.export(acc, run.model, out, stage=cfg.stage, step=step, base_model=cfg.models.base_model)
     acc.wait_for_everyone()
     acc.end_training()
-    log.info("done: %d steps, %d bad samples skipped %s", step, run.skipped.total, dict(run.skipped.counts))
+    log.info("done: %d steps, %d bad samples skipped %s, %d updates skipped for lack of a grad path", step,
+             run.skipped.total, dict(run.skipped.counts), run.nograd_total)
     return 0

@@ -32,6 +32,10 @@ class Needs:
 
 def load_frozen(paths: ModelPaths, needs: Needs, device: torch.device, dtype: torch.dtype) -> Frozen:
     """Load, freeze and move the frozen parts. Everything is local (`local_files_only`)."""
+    if paths.provider == "toy":
+        from refcomp.toy.parts import load_parts
+        parts = load_parts(paths.toy_weights, device, dtype)
+        return Frozen(**parts.frozen_kwargs(), pixels_per_token=parts.pixels_per_token)
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPVisionModelWithProjection, Dinov2Model, \
         T5EncoderModel
@@ -56,6 +60,9 @@ def load_frozen(paths: ModelPaths, needs: Needs, device: torch.device, dtype: to
 
 def encoder_dims(paths: ModelPaths) -> dict[str, int]:
     """clip_dim / dino_dim / text_dim / visual_dim read from the encoders' configs."""
+    if paths.provider == "toy":
+        from refcomp.toy.parts import encoder_dims_of
+        return encoder_dims_of(paths.toy_weights)
     from transformers import AutoConfig
 
     clip_v = AutoConfig.from_pretrained(paths.resolve("clip_vision"), local_files_only=True)

@@ -69,7 +69,11 @@ class TrainModel(nn.Module):
             terms.update(aux_losses(fz, batch, x_t, pred, sigma, states, lc))
         weights = {"flow": 1.0, "rpl": lc.rpl_weight, "identity": lc.identity_weight, "box": lc.box_weight}
         total = sum(weights[k] * v for k, v in terms.items())
-        return {"loss": total, **terms, **alpha_stats(batch, states, x0.device)}
+        grad_path = bool(total.requires_grad)
+        if not grad_path:          # e.g. stage 3 on a batch without FG: nothing trainable was used
+            total = total + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        return {"loss": total, **terms, **alpha_stats(batch, states, x0.device),
+                "grad_path": torch.tensor(float(grad_path), device=x0.device)}
 
     def region_preservation(self, fz: Frozen, batch: Batch, x_t: torch.Tensor, sigma: torch.Tensor,
                             generator: torch.Generator) -> torch.Tensor:

@@ -3,7 +3,7 @@
     refcomp demo                                   # bundled layout + weights -> refcomp_toy_demo.png
     refcomp demo --layout my_layout.json --seed 3 --out demo.png
     refcomp demo --scene-seed 7                    # a fresh layout from the world (split "demo")
-    refcomp toy reproduce [--run-dir runs/toy] [--report bench/TOY.md] [--bundle] [--smoke]
+    refcomp toy reproduce [--run-dir runs/toy] [--report bench/TOY.md] [--bundle] [--smoke] [--threads 1]
 
 Exit codes: 0 done, 2 bad input or a step that cannot run (the message says why).
 """
@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--bundle", action="store_true", help="copy the fp16 parts and stage-3 adapter into the package's "
                                                           "weights folder afterwards")
     r.add_argument("--smoke", action="store_true", help="CI-sized: a few steps of every stage")
+    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the toy's tensors are small "
+                                                          "and extra threads thrash on a busy machine)")
     return p
 
 
@@ -55,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(layout=args.layout, scene=args.scene_seed, seed=args.seed, weights=args.weights, out=args.out,
                      steps=args.steps, cfg_scale=args.cfg)
         else:
+            import torch
+
             from .reproduce import ReproduceConfig, reproduce
+            if args.threads < 1:
+                raise ValueError("--threads must be >= 1")
+            torch.set_num_threads(args.threads)
             cfg = ReproduceConfig.smoke(args.run_dir, args.report) if args.smoke else \
                 ReproduceConfig(run_dir=args.run_dir, report=args.report)
             from .demo import BUNDLED_WEIGHTS

@@ -51,15 +51,15 @@ def alpha_steps(run_dir: str) -> dict:
                 continue
             with open(path, encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f if line.strip()]
-            keep = [{k: r[k] for k in ("step", "loss/alpha_fg_mean", "loss/alpha_bg_mean", "alpha_fg_mean",
-                                       "alpha_bg_mean") if k in r} for r in rows]
+            keep = [{k: r[k] for k in ("step", "alpha_fg_mean", "alpha_bg_mean", "nograd_skipped") if k in r}
+                    for r in rows]
             if any(len(r) > 1 for r in keep):
                 out[f"{variant}/stage{stage}"] = keep
     return out
 
 
 ROW_FILES = {"stage1": ("main", 1), "stage2": ("main", 2), "stage3": ("main", 3), "no_bridge": ("main", 3),
-             "alpha_frozen": ("frozen", 3)}
+             "alpha_frozen": ("frozen", 3), "alpha2_stage3": ("alpha2", 3)}
 
 
 def _fingerprint(cfg: ReproduceConfig, row: str) -> str:
@@ -85,6 +85,9 @@ def step_eval(cfg: ReproduceConfig, timings: dict[str, float]) -> dict:
                      for k in (1, 2, 3)})
         rows["no_bridge"] = lambda: evaluate_row(parts, no_bridge(_adapter(parts, stage_path(cfg.run_dir, "main", 3))),
                                                  ecfg, scenes=scenes, desc="no bridge")[0]
+    if "alpha2" in cfg.variants:
+        rows["alpha2_stage3"] = lambda: evaluate_row(parts, _adapter(parts, stage_path(cfg.run_dir, "alpha2", 3)),
+                                                     ecfg, scenes=scenes, desc="alpha2 stage 3")[0]
     if "frozen" in cfg.variants:
         rows["alpha_frozen"] = lambda: evaluate_row(parts, _adapter(parts, stage_path(cfg.run_dir, "frozen", 3)), ecfg,
                                                     alpha=0.5, scenes=scenes, desc="alpha frozen")[0]

@@ -77,6 +77,7 @@ def save_module(path: str, module: torch.nn.Module, config: dict, dtype: torch.d
     save_file(tensors, tmp, metadata={"config": json.dumps(config), **{k: json.dumps(v) for k, v in
                                                                       (extra or {}).items()}})
     os.replace(tmp, path)
+    os.chmod(path, 0o644)                     # safetensors writes 0600; weights are shared files
 
 
 def read_module(path: str) -> tuple[dict[str, torch.Tensor], dict, dict]:

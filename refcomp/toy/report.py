@@ -13,6 +13,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("stage1", "RefComp after stage 1"),
     ("stage2", "RefComp after stage 2"),
     ("stage3", "RefComp after stage 3"),
+    ("alpha2_stage3", "RefComp after stage 3, α trained from stage 2"),
     ("alpha_frozen", "ablation: α frozen at 0.5 (stages 1-3)"),
     ("no_bridge", "ablation: stage 3 without the bridge"),
 )
@@ -42,10 +43,21 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _quarters(rows: list[dict], key: str) -> str:
+    """Means of `key` over four consecutive quarters of `rows`, joined by arrows."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    if not vals:
+        return "–"
+    n = len(vals)
+    parts = [vals[i * n // 4:max(i * n // 4 + 1, (i + 1) * n // 4)] for i in range(4)]
+    return " → ".join(f"{sum(p) / len(p):.3f}" for p in parts if p)
+
+
 def render(results: dict) -> str:
     meta = results.get("meta", {})
     lines = ["# RefComp toy world: measured results", "",
-             "Regenerate with `refcomp toy reproduce` (writes this file; stages already done are skipped).",
+             "Regenerate with `refcomp toy reproduce --bundle` (writes this file and refcomp/toy/weights/; steps "
+             "already done under --run-dir are skipped, so rerun to resume).",
              "Every number below was measured by that command on the held-out `eval` split "
              f"({meta.get('eval_count', '?')} layouts, never used for training or tuning).", "",
              *([] if results.get("rows") else ["**No measurement yet**: every cell below says \"not run\". Run "
@@ -77,8 +89,15 @@ def render(results: dict) -> str:
             lines.append(f"| {label} | {point} | {cells[0]} | {cells[1]} |")
     steps = results.get("alpha_steps")
     if steps:
-        lines += ["", "Per-step training means (from the trainer's losses.jsonl): see `alpha_steps` in "
-                  f"`{meta.get('results_file', 'results.json')}`."]
+        lines += ["", "### α during training", "",
+                  "Means over the training batches (the trainer's losses.jsonl), each cell the mean of one quarter "
+                  "of the stage's steps, first → last; \"skipped\" counts updates skipped because no instance "
+                  "in the batch was routed FG, so the loss had no grad path.", "",
+                  "| run / stage | steps | FG-labelled α | BG-labelled α | skipped |", "|---|---|---|---|---|"]
+        for key, rows in steps.items():
+            fg, bg = _quarters(rows, "alpha_fg_mean"), _quarters(rows, "alpha_bg_mean")
+            skipped = sum(int(r.get("nograd_skipped", 0)) for r in rows)
+            lines.append(f"| {key} | {len(rows)} | {fg} | {bg} | {skipped} |")
     lines += ["", "## Models", "", *MODELS, "", "## Setup", ""]
     lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else _fmt(v)}"
               for k, v in sorted(meta.items())]
