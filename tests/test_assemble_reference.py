@@ -80,7 +80,7 @@ def _reference(model, adapter, layout, state, img, vec, feedback, *, average: bo
         ty = silu_lin(block.norm1_context.linear, y)                                 # (b, g, 6D)
         txt_mods = {i: ty[:, j] for j, i in enumerate(fg)}
     xm = block.norm1.norm(img) * (1 + params[..., d:2 * d]) + params[..., :d]
-    proj = lambda base, name, z: base(z) + lora[name](z)                             # noqa: E731
+    proj = lambda base, name, z: base(z) + lora[name](z) if name in lora else base(z)  # noqa: E731
     heads_of = lambda z: rearrange(z, "b s (h c) -> b h s c", h=heads)                # noqa: E731
 
     acc, count = torch.zeros_like(img), torch.zeros(n_img)
@@ -115,7 +115,8 @@ def _setup(case: str):
         state = build_state(adapter, layout, features(adapter, layout))
     g = torch.Generator().manual_seed(7)
     d = adapter.config.hidden_size
-    img, txt, vec = torch.randn(2, H * W, d, generator=g), torch.randn(2, L, d, generator=g), torch.randn(2, d, generator=g)
+    img, txt = torch.randn(2, H * W, d, generator=g), torch.randn(2, L, d, generator=g)
+    vec = torch.randn(2, d, generator=g)
     feedback = torch.randn(2, state.n_fg, d, generator=g) * 0.3
     session = RefCompSession(adapter, state, Controls(strength=STRENGTH, layout_window=(0, 1), mask_margin=MARGIN),
                              axes_dim=tuple(model.config.axes_dims_rope))

@@ -12,7 +12,7 @@ import torch
 from ..adapter import RefCompAdapter
 from ..rope import Rope, apply_rope
 from ..state import CompositionState, GridIndex
-from .assemble import AssembleInputs, lora_qkv, per_instance_attention, prepare_heads
+from .assemble import AssembleInputs, lora_add, per_instance_attention, prepare_heads, prepare_keys
 from .attention import attention, split_heads
 from .token_mod import token_mod
 from .views import DoubleBlockView
@@ -85,7 +85,7 @@ def double_block(view: DoubleBlockView, img: Tensor, txt: Tensor, vec: Tensor, r
     # Assemble-Attn, parallel to the joint attention (step 4)
     if call.layout_on and call.adapter.is_layout_block(call.block) and idx.asm_cov.numel():
         asm = _assemble(view, call, xm, (q, k, v), rope, L, txt_base, txt_mod_y)
-        img_out = img_out.index_add(1, idx.asm_cov, asm)
+        img_out.index_add_(1, idx.asm_cov, asm)                             # img_out is fresh: in place
     img = img + img_mod.gate(img_out, 2)
 
     feedback = _feedback(call, img)                                         # step 5
@@ -102,33 +102,30 @@ def _assemble(view: DoubleBlockView, call: BlockCall, xm: Tensor, base_qkv: tupl
     """The branch's contribution on covered tokens, before the attention gate.  -> (b, t, D)"""
     idx, st, heads = call.index, call.state, view.heads
     lora = call.adapter.lora[str(call.block)]
-    dtype = xm.dtype
     cov = idx.asm_cov
-    xa = xm[:, cov]                                                          # (b, t, D)
-    q, k, v = lora_qkv(lora, "img", xa.to(call.adapter.dtype), tuple(t[:, cov] for t in base_qkv))
-    q, k = prepare_heads(q.to(dtype), k.to(dtype), view.img_qk_norm, heads, rope[L + cov])
+    q, k, v = lora_add(lora, ("img_q", "img_k", "img_v"), xm[:, cov], [t[:, cov] for t in base_qkv])  # (b, t, D)
+    q, k = prepare_heads(q, k, view.img_qk_norm, heads, rope[L + cov])
 
-    # instance tokens through the text-stream AdaLN: mod(y_i) for FG, the base for BG
-    b = xm.shape[0]
+    # instance tokens through the text-stream AdaLN: mod(y_i) for FG, the base for BG.
+    # Only their keys and values are used (their own outputs are discarded).
+    b, d, dtype = xm.shape[0], xm.shape[-1], xm.dtype
     mods = txt_base[:, None].expand(b, st.n, txt_base.shape[-1])            # (b, n, 6D)
     if txt_y is not None:
         mods = mods.index_copy(1, st.fg_ids, txt_y)
-    d = xm.shape[-1]
     shift, scale = mods[..., 0:d], mods[..., d:2 * d]                        # chunks 0, 1 of the AdaLN
     lt = st.layout_tokens.to(dtype)[None].expand(b, -1, -1)                 # (b, n, D)
     ln = torch.addcmul(shift, view.txt_norm1(lt), 1 + scale)                 # (b, n, D)
-    lq, lk, lv = lora_qkv(lora, "txt", ln.to(call.adapter.dtype), view.txt_qkv(ln))
-    lq, lk = prepare_heads(lq.to(dtype), lk.to(dtype), view.txt_qk_norm, heads, call.centre_rope)
+    _, tk, tv = view.txt_qkv(ln)
+    lk, lv = lora_add(lora, ("txt_k", "txt_v"), ln, [tk, tv])
+    lk = prepare_keys(lk, view.txt_qk_norm, heads, call.centre_rope)
 
-    avg = per_instance_attention(AssembleInputs(q=q, k=k, v=split_heads(v.to(dtype), heads), lq=lq, lk=lk,
-                                                lv=split_heads(lv.to(dtype), heads), pos=idx.asm_pos,
-                                                count=idx.asm_count))
-    out = view.img_proj(avg)                                                 # (b, t, D)
-    delta = lora.delta("img_out", avg.to(call.adapter.dtype))
-    if delta is not None:
-        out = out + delta.to(dtype)
-    gated = call.adapter.assemble_gate[str(call.block)](out.to(call.adapter.dtype)).to(dtype)
-    return gated * call.strength
+    avg = per_instance_attention(AssembleInputs(q=q, k=k, v=split_heads(v, heads), lk=lk,
+                                                lv=split_heads(lv, heads), pos=idx.asm_pos, count=idx.asm_count))
+    out = lora_add(lora, ("img_out",), avg, [view.img_proj(avg)])[0]        # (b, t, D)
+    gate = call.adapter.assemble_gate[str(call.block)]
+    if gate.kind == "gate":                                                  # strength folded into the gate
+        return out * (gate.gate * call.strength).to(dtype)
+    return gate(out.to(call.adapter.dtype)).to(dtype) * call.strength
 
 
 def _feedback(call: BlockCall, img: Tensor) -> Tensor | None:

@@ -42,7 +42,7 @@ class TokenMod:
         if dsh is None:
             return out
         xc = x[:, self.cov]
-        return out.index_add(1, self.cov, torch.addcmul(dsh, xc, dsc))
+        return out.index_add_(1, self.cov, torch.addcmul(dsh, xc, dsc))      # out is fresh: in place
 
     def gate(self, y: Tensor, gate: int) -> Tensor:
         """y * gate with per-token gates.  y: (b, l, D) -> (b, l, D)"""
@@ -50,7 +50,7 @@ class TokenMod:
         out = y * g
         if dg is None:
             return out
-        return out.index_add(1, self.cov, y[:, self.cov] * dg)
+        return out.index_add_(1, self.cov, y[:, self.cov] * dg)              # out is fresh: in place
 
 
 def token_mod(mod: "callable", vec: Tensor, y: Tensor | None, cov: Tensor | None, weights: Tensor | None,

@@ -1,0 +1,91 @@
+"""Benchmark: the whole patched double block vs a vanilla diffusers FluxTransformerBlock (DESIGN §7).
+
+Timed in one process, interleaved, against the same block weights:
+- vanilla: `FluxTransformerBlock.forward`;
+- plain: `refcomp_core.blocks.double_block` with both pathways off (our block math alone);
+- mod n: modulation pathway only (per-token AdaLN of n instances, about half FG; feedback bridge),
+  i.e. a step outside the layout window;
+- full n: modulation + Assemble-Attn (a step inside the layout window).
+
+The whole-run overhead is *computed* from the measured per-block ratios: with the
+default windows the layout branch runs in the first 30 % of the steps and the
+modulation in all of them, so a double block costs 0.3 * full + 0.7 * mod on average.
+
+    python bench/double_block.py              # D 3072, 64x64 grid, 512 text, 18 and 50 instances
+    python bench/double_block.py --quick --heads 2 --head-dim 16   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from common import (add_arguments, box_tokens, inputs, make_adapter, make_call, make_state, report, report_value,
+                    ropes, seeded_boxes, setup, time_interleaved, vanilla_block)
+from refcomp_core.blocks import double_block
+from refcomp_core.controls import Controls
+from refcomp_core.hosts.diffusers_flux import double_view
+
+log = logging.getLogger(__name__)
+
+FLUX_DOUBLE, FLUX_SINGLE = 19, 38
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    dims, device, dtype = setup(args)
+    block = vanilla_block(dims, device, dtype, args.seed)
+    view = double_view(block, dims.heads)
+    adapter = make_adapter(dims, device, dtype, args.seed)
+    img, txt, vec = inputs(dims, device, dtype, args.seed)
+    diff_rope, rope = ropes(dims, device)
+
+    calls = {}
+    for n in args.boxes:
+        state = make_state(adapter, seeded_boxes(n, dims, args.seed + n), dims, args.seed)
+        calls[f"full{n}"] = make_call(adapter, state, dims, device)
+        calls[f"mod{n}"] = make_call(adapter, state, dims, device, layout_on=False)
+        total, covered = box_tokens(state, calls[f"full{n}"])
+        log.info("%d instances (%d FG): %d box tokens (%.2fx the image), %d covered tokens", n, state.n_fg, total,
+                 total / dims.grid ** 2, covered)
+    plain = make_call(adapter, state, dims, device, layout_on=False, mod_on=False)
+
+    with torch.inference_mode():
+        want_txt, want_img = block(img, txt, vec, diff_rope)
+        got_img, got_txt, _ = double_block(view, img, txt, vec, rope, plain)
+        err = max(((got_img - want_img).abs().max() / want_img.abs().max()).item(),
+                  ((got_txt - want_txt).abs().max() / want_txt.abs().max()).item())
+    log.info("plain double_block vs vanilla block: max relative difference %.1e", err)
+    if err > (1e-3 if dtype == torch.float32 else 5e-2):
+        raise RuntimeError(f"double_block with both pathways off does not reproduce the vanilla block ({err:.2e})")
+
+    fns = {"vanilla": lambda: block(img, txt, vec, diff_rope),
+           "plain": lambda: double_block(view, img, txt, vec, rope, plain)}
+    for name, call in calls.items():
+        fns[name] = lambda call=call: double_block(view, img, txt, vec, rope, call)
+    times = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup, device=device)
+    log.info("median times: %s", times.medians())
+
+    report("plain double_block/vanilla_block", times, "plain", "vanilla", "our block math, pathways off")
+    layout = Controls().layout_window
+    share = layout[1] - layout[0]
+    for n in args.boxes:
+        r_mod, r_full = times.ratio(f"mod{n}", "vanilla"), times.ratio(f"full{n}", "vanilla")
+        target = {18: "target <= 1.15x", 50: "target <= 1.35x"}.get(n, "")
+        report(f"patched_block(mod+assemble)/vanilla_block instances={n}", times, f"full{n}", "vanilla", target)
+        report(f"patched_block(mod only)/vanilla_block instances={n}", times, f"mod{n}", "vanilla",
+               "steps outside the layout window")
+        per_block = share * r_full + (1 - share) * r_mod
+        report_value(f"whole-run double-block cost/vanilla instances={n}", per_block,
+               f"computed: {share:.0%} of steps x full + {1 - share:.0%} x mod-only")
+        model = (FLUX_DOUBLE * per_block + FLUX_SINGLE) / (FLUX_DOUBLE + FLUX_SINGLE)
+        report_value(f"whole-run transformer cost/vanilla instances={n}", model,
+               f"computed: {FLUX_DOUBLE} double + {FLUX_SINGLE} single blocks of equal cost, "
+               "single-block modulation overhead taken as 0 (not measured)")
+
+
+if __name__ == "__main__":
+    main()
