@@ -21,19 +21,16 @@ Axis letters: b batch, N image tokens, t tokens of a box, n instances, h heads, 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
 import torch
 
-from common import (add_arguments, box_tokens, inputs, make_adapter, make_call, make_state, report, ropes,
-                    seeded_boxes, setup, time_interleaved, vanilla_block)
+from common import block_bench, box_tokens, report, time_interleaved
 from refcomp_core.blocks.assemble import lora_add, prepare_heads
 from refcomp_core.blocks.attention import attention, split_heads
 from refcomp_core.blocks.double import BlockCall, _assemble, fg_conditioning
 from refcomp_core.blocks.token_mod import token_mod
 from refcomp_core.blocks.views import DoubleBlockView
-from refcomp_core.hosts.diffusers_flux import double_view
 from refcomp_core.rope import Rope
 
 log = logging.getLogger(__name__)
@@ -78,20 +75,13 @@ def per_instance_branch(view: DoubleBlockView, call: BlockCall, xm: Tensor, img_
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    dims, device, dtype = setup(args)
-    block = vanilla_block(dims, device, dtype, args.seed)
-    view = double_view(block, dims.heads)
-    adapter = make_adapter(dims, device, dtype, args.seed)
-    img, txt, vec = inputs(dims, device, dtype, args.seed)
-    diff_rope, rope = ropes(dims, device)
+    b = block_bench(__doc__.split("\n")[0], argv)
+    args, dims, dtype, block, view, rope, diff_rope = b.args, b.dims, b.dtype, b.block, b.view, b.rope, b.diff_rope
+    img, txt, vec, device = b.img, b.txt, b.vec, b.device
     img_rope = rope[dims.text:]
     L = dims.text
     for n in args.boxes:
-        state = make_state(adapter, seeded_boxes(n, dims, args.seed + n), dims, args.seed)
-        call = make_call(adapter, state, dims, device)
+        state, call = b.call_for(n)
         boxes = [call.index.asm_cov[p] for p in call.index.asm_pos]          # per-run index lists, not timed
         with torch.inference_mode():
             # inputs both branches share: the per-token modulated image input and the text AdaLN

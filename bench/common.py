@@ -183,6 +183,44 @@ def make_call(adapter: RefCompAdapter, state: CompositionState, dims: BenchDims,
     return replace(call, layout_on=layout_on, mod_on=mod_on and state.n_fg > 0)
 
 
+@dataclass
+class BlockBench:
+    """What both block benchmarks start from: one random vanilla block, its view, a
+    randomized adapter, seeded inputs and both rope layouts."""
+
+    args: argparse.Namespace
+    dims: BenchDims
+    device: torch.device
+    dtype: torch.dtype
+    block: torch.nn.Module
+    view: Any
+    adapter: RefCompAdapter
+    img: torch.Tensor                    # (1, N, D)
+    txt: torch.Tensor                    # (1, L, D)
+    vec: torch.Tensor                    # (1, D)
+    diff_rope: tuple[torch.Tensor, torch.Tensor]
+    rope: Rope
+
+    def call_for(self, n: int, **switches: bool) -> tuple[CompositionState, BlockCall]:
+        """The seeded n-box layout's state and its block call (`layout_on`, `mod_on` switches)."""
+        state = make_state(self.adapter, seeded_boxes(n, self.dims, self.args.seed + n), self.dims, self.args.seed)
+        return state, make_call(self.adapter, state, self.dims, self.device, **switches)
+
+
+def block_bench(description: str, argv: list[str] | None = None) -> BlockBench:
+    """Parse the shared arguments and build the shared set-up (a diffusers double block)."""
+    from refcomp_core.hosts.diffusers_flux import double_view
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    dims, device, dtype = setup(args)
+    block = vanilla_block(dims, device, dtype, args.seed)
+    img, txt, vec = inputs(dims, device, dtype, args.seed)
+    diff_rope, rope = ropes(dims, device)
+    return BlockBench(args, dims, device, dtype, block, double_view(block, dims.heads),
+                      make_adapter(dims, device, dtype, args.seed), img, txt, vec, diff_rope, rope)
+
+
 def box_tokens(state: CompositionState, call: BlockCall) -> tuple[int, int]:
     """(sum of box tokens, covered tokens) of a call's index lists."""
     return sum(int(p.numel()) for p in call.index.asm_pos), int(call.index.asm_cov.numel())

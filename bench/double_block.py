@@ -16,16 +16,13 @@ modulation in all of them, so a double block costs 0.3 * full + 0.7 * mod on ave
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
 import torch
 
-from common import (add_arguments, box_tokens, inputs, make_adapter, make_call, make_state, report, report_value,
-                    ropes, seeded_boxes, setup, time_interleaved, vanilla_block)
+from common import block_bench, box_tokens, make_call, report, report_value, time_interleaved
 from refcomp_core.blocks import double_block
 from refcomp_core.controls import Controls
-from refcomp_core.hosts.diffusers_flux import double_view
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +30,18 @@ FLUX_DOUBLE, FLUX_SINGLE = 19, 38
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    dims, device, dtype = setup(args)
-    block = vanilla_block(dims, device, dtype, args.seed)
-    view = double_view(block, dims.heads)
-    adapter = make_adapter(dims, device, dtype, args.seed)
-    img, txt, vec = inputs(dims, device, dtype, args.seed)
-    diff_rope, rope = ropes(dims, device)
+    b = block_bench(__doc__.split("\n")[0], argv)
+    args, dims, dtype, block, view, rope, diff_rope = b.args, b.dims, b.dtype, b.block, b.view, b.rope, b.diff_rope
+    img, txt, vec, device = b.img, b.txt, b.vec, b.device
 
     calls = {}
     for n in args.boxes:
-        state = make_state(adapter, seeded_boxes(n, dims, args.seed + n), dims, args.seed)
-        calls[f"full{n}"] = make_call(adapter, state, dims, device)
-        calls[f"mod{n}"] = make_call(adapter, state, dims, device, layout_on=False)
+        state, calls[f"full{n}"] = b.call_for(n)
+        calls[f"mod{n}"] = make_call(b.adapter, state, dims, device, layout_on=False)
         total, covered = box_tokens(state, calls[f"full{n}"])
         log.info("%d instances (%d FG): %d box tokens (%.2fx the image), %d covered tokens", n, state.n_fg, total,
                  total / dims.grid ** 2, covered)
-    plain = make_call(adapter, state, dims, device, layout_on=False, mod_on=False)
+    plain = make_call(b.adapter, state, dims, device, layout_on=False, mod_on=False)
 
     with torch.inference_mode():
         want_txt, want_img = block(img, txt, vec, diff_rope)
