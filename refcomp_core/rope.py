@@ -54,10 +54,11 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     """Rotate interleaved pairs of q or k.
 
     x: (b, l, h, 2d) -> (b, l, h, 2d), computed in float32 and cast back.
+    Each pair is a complex number times e^{iθ}: the same products and sums as
+    (x0 cos − x1 sin, x0 sin + x1 cos), bit for bit, in one fused kernel
+    (tests/test_rope.py checks both).
     """
-    pairs = rearrange(x.float(), "b l h (d two) -> b l h d two", two=2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    cos = rope.cos[:, :, None, :].to(x.device)
-    sin = rope.sin[:, :, None, :].to(x.device)
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    pairs = rearrange(x.float(), "b l h (d two) -> b l h d two", two=2).contiguous()
+    turn = torch.complex(rope.cos, rope.sin)[:, :, None, :].to(x.device)             # (b, l, 1, d)
+    out = torch.view_as_real(torch.view_as_complex(pairs) * turn)
     return rearrange(out, "b l h d two -> b l h (d two)").to(x.dtype)

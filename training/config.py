@@ -107,12 +107,13 @@ class LossConfig:
     box_weight: float = 1.0          # differentiable box alignment, x (1 - alpha) (detached)
     box_temperature: float = 0.1
     rpl_weight: float = 0.01         # region preservation (XVerse used 10; the plan 0.01)
+    route_weight: float = 0.0        # α routing prior toward the depth label; 0 = the plan (bench/TOY.md)
     rpl_drop_prob: float = 0.5
     aux_every: int = 1               # run identity/box losses every N steps ...
     aux_max_sigma: float = 1.0       # ... and only on rows with sigma <= this (small t)
 
     def __post_init__(self) -> None:
-        for name in ("identity_weight", "box_weight", "rpl_weight", "logit_std", "box_temperature"):
+        for name in ("identity_weight", "box_weight", "rpl_weight", "route_weight", "logit_std", "box_temperature"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.rpl_drop_prob <= 1.0 or not 0.0 < self.aux_max_sigma <= 1.0 or self.aux_every < 1:

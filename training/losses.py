@@ -60,6 +60,19 @@ def identity_loss(crop_cls: torch.Tensor, ref_cls: torch.Tensor, alpha: torch.Te
     return (alpha.detach().float() * (1 - cos)).mean()
 
 
+def route_loss(alpha: torch.Tensor, is_fg: torch.Tensor) -> torch.Tensor:
+    """Routing prior: binary cross-entropy of α toward the depth label (fg -> 1, mg/bg -> 0).
+
+    The image alone gives α no reason to split FG from BG: in stage 1 only the (1 − α)
+    layout path exists, and the discrete routing means an instance below 0.5 never feels
+    the modulation path (bench/TOY.md measures the resulting collapse). The label is the
+    one data prep already writes (a depth estimator), and α's input carries it.
+    alpha, is_fg: (m,) -> ()"""
+    if alpha.shape[0] == 0:
+        return alpha.new_zeros(()).float()
+    return F.binary_cross_entropy(alpha.float().clamp(1e-6, 1 - 1e-6), is_fg.float())
+
+
 def soft_centroid(ref: torch.Tensor, patches: torch.Tensor, xy: torch.Tensor, temperature: float) -> torch.Tensor:
     """Softmax-weighted centroid of the ref/patch cosine similarity.
 

@@ -67,7 +67,10 @@ class TrainModel(nn.Module):
             terms["rpl"] = self.region_preservation(fz, batch, x_t, sigma, generator)
         if (lc.identity_weight > 0 or lc.box_weight > 0) and step % lc.aux_every == 0:
             terms.update(aux_losses(fz, batch, x_t, pred, sigma, states, lc))
-        weights = {"flow": 1.0, "rpl": lc.rpl_weight, "identity": lc.identity_weight, "box": lc.box_weight}
+        if lc.route_weight > 0:
+            terms["route"] = L.route_loss(*routed_alpha(batch, states, x0.device))
+        weights = {"flow": 1.0, "rpl": lc.rpl_weight, "identity": lc.identity_weight, "box": lc.box_weight,
+                   "route": lc.route_weight}
         total = sum(weights[k] * v for k, v in terms.items())
         grad_path = bool(total.requires_grad)
         if not grad_path:          # e.g. stage 3 on a batch without FG: nothing trainable was used
@@ -106,6 +109,20 @@ def fp32_state(adapter: RefCompAdapter, layout, features: InstanceFeatures):
     device_type = adapter.device.type
     with torch.autocast(device_type=device_type, enabled=False):
         return build_state(adapter, layout, features)
+
+
+def routed_alpha(batch: Batch, states: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted α of instances with a reference, a depth label and no manual override,
+    and whether each is labelled fg.  -> alpha (m,), is_fg (m,)"""
+    alphas, fg = [], []
+    for lay, st in zip(batch.layouts, states):
+        for inst, a in zip(lay.instances, st.alpha):
+            if inst.ref is not None and inst.depth is not None and inst.alpha is None:
+                alphas.append(a)
+                fg.append(inst.depth == "fg")
+    if not alphas:
+        return torch.zeros(0, device=device), torch.zeros(0, device=device)
+    return torch.stack(alphas).float(), torch.tensor(fg, dtype=torch.float32, device=device)
 
 
 def alpha_stats(batch: Batch, states: list, device: torch.device) -> dict[str, torch.Tensor]:

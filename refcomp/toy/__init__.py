@@ -1,7 +1,7 @@
 """The RefComp toy world (issue 5): procedural scenes, tiny frozen parts standing in
 for FLUX / T5 / CLIP / DINOv2, and an evaluator that knows the truth.
 
-Sizes: a 64x64 px scene is pixel-unshuffled by 8 into an 8x8 token grid of 192
+Sizes: a 64x64 px scene goes through a fixed DCT codec (packing.py) into an 8x8 token grid of 64
 channels (no VAE). Layout documents count FLUX pixels (16 per token), so a toy
 layout is 128x128 "px" wide while the image is 64 px.
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .packing import PIXELS_PER_TOKEN, image_ids
+from .packing import PIXELS_PER_TOKEN, TOKEN_CHANNELS, image_ids
 
 TEXT_LEN = 40                     # longest toy caption: 8 objects x 4 words + "and" + 6 background words
 
@@ -23,7 +23,7 @@ TEXT_LEN = 40                     # longest toy caption: 8 objects x 4 words + "
 class ToyBackboneConfig:
     """FluxTransformer2DModel arguments. Width = heads x head_dim; rope axes sum to head_dim."""
 
-    in_channels: int = 3 * PIXELS_PER_TOKEN ** 2
+    in_channels: int = TOKEN_CHANNELS
     num_layers: int = 4
     num_single_layers: int = 4
     attention_head_dim: int = 32

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .backbone import ToyBackboneConfig, build_backbone
-from .packing import PIXELS_PER_TOKEN, PixelCodec
+from .packing import PIXELS_PER_TOKEN, DctCodec
 from .text import ToyTextConfig, ToyTextEncoder, ToyTokenizer
 from .vision import ToyImageEncoder, ToyVisionConfig
 
@@ -33,7 +33,7 @@ class ToyParts:
     tokenizer: ToyTokenizer
     clip: ToyImageEncoder
     dino: ToyImageEncoder
-    codec: PixelCodec
+    codec: DctCodec
     backbone_config: ToyBackboneConfig
     pixels_per_token: int = PIXELS_PER_TOKEN
 
@@ -63,7 +63,7 @@ def new_parts(seed: int = 0, backbone: ToyBackboneConfig | None = None) -> ToyPa
     clip = ToyImageEncoder(ToyVisionConfig(role="clip"))
     dino = ToyImageEncoder(ToyVisionConfig(role="dino"))
     return ToyParts(transformer=build_backbone(cfg, seed), text=text, tokenizer=ToyTokenizer(),
-                    clip=clip, dino=dino, codec=PixelCodec(), backbone_config=cfg)
+                    clip=clip, dino=dino, codec=DctCodec(), backbone_config=cfg)
 
 
 def save_module(path: str, module: torch.nn.Module, config: dict, dtype: torch.dtype | None = None,
@@ -122,7 +122,7 @@ def load_parts(folder: str, device: torch.device | str = "cpu", dtype: torch.dty
         enc.load_state_dict(v_tensors)
         encoders[role] = enc
     parts = ToyParts(transformer=transformer, text=text, tokenizer=ToyTokenizer(), clip=encoders["clip"],
-                     dino=encoders["dino"], codec=PixelCodec(), backbone_config=backbone_cfg)
+                     dino=encoders["dino"], codec=DctCodec(), backbone_config=backbone_cfg)
     return parts.freeze(device, dtype)
 
 

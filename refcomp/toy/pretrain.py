@@ -13,6 +13,7 @@ Axis letters: b batch, N tokens, C channels, H W pixels.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class LoopConfig:
     warmup: int = 100
     save_every: int = 100
     seed: int = 0
+    final_lr_fraction: float = 0.1
 
 
 def save_state(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
@@ -69,6 +71,14 @@ def load_state(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer) -
         return int(json.loads(f.metadata()["step"]))
 
 
+def lr_factor(step: int, cfg: LoopConfig) -> float:
+    """Linear warmup, then cosine decay to `final_lr_fraction` at the last step."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    done = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup - 1)
+    return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
 def run_loop(name: str, module: torch.nn.Module, params: list, loss_fn: Callable[[int, torch.Generator],
              torch.Tensor], cfg: LoopConfig, folder: str) -> list[float]:
     """Generic resumable AdamW loop with warmup, clipping and a progress bar -> losses of this call."""
@@ -82,7 +92,7 @@ def run_loop(name: str, module: torch.nn.Module, params: list, loss_fn: Callable
     bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain {name}")
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = cfg.learning_rate * min(1.0, (step + 1) / max(1, cfg.warmup))
+            group["lr"] = cfg.learning_rate * lr_factor(step, cfg)
         loss = loss_fn(step, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -14,6 +14,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("stage2", "RefComp after stage 2"),
     ("stage3", "RefComp after stage 3"),
     ("alpha2_stage3", "RefComp after stage 3, α trained from stage 2"),
+    ("noroute_stage2", "RefComp after stage 2, no routing prior (the plan as written)"),
     ("alpha_frozen", "ablation: α frozen at 0.5 (stages 1-3)"),
     ("no_bridge", "ablation: stage 3 without the bridge"),
 )
@@ -25,7 +26,8 @@ ALPHA_POINTS = ("init", "stage1", "stage2", "stage3")
 MODELS = (
     "- World: 64x64 px scenes, 1-8 objects of 8 shapes x 8 colours x 4 textures (period 8 px), distinct colours "
     "per scene; references drawn alone on white at another scale and position (`refcomp/toy/world.py`).",
-    "- Packing: pixel-unshuffle by 4 (a VAE-shaped codec) + FLUX's 2x2 packing = 8x8 tokens of 192 channels.",
+    "- Packing: a fixed DCT codec (VAE-shaped: each 4x4 px cell -> 16 coefficients of an opponent-colour x DCT "
+    "basis) + FLUX's 2x2 packing = 8x8 tokens of 64 channels, FLUX.1's token width (`refcomp/toy/packing.py`).",
     "- Backbone: diffusers `FluxTransformer2DModel`, width 128 (4 heads x 32), 4 double + 4 single blocks, "
     "pretrained here as a caption-conditioned rectified-flow model (10 % empty captions), then frozen; sampled "
     "with true CFG.",
@@ -53,6 +55,71 @@ def _quarters(rows: list[dict], key: str) -> str:
     return " → ".join(f"{sum(p) / len(p):.3f}" for p in parts if p)
 
 
+def _delta(rows: dict, new: str, old: str, key: str) -> float | None:
+    a, b = rows.get(new, {}).get(key), rows.get(old, {}).get(key)
+    return None if a is None or b is None else a - b
+
+
+def _check(label: str, deltas: list[tuple[str, float | None]], holds: bool | None) -> str:
+    shown = ", ".join(f"{name} {d:+.3f}" for name, d in deltas if d is not None) or "not run"
+    verdict = "not run" if holds is None else ("holds" if holds else "**does not hold**")
+    return f"| {label} | {shown} | {verdict} |"
+
+
+def story(results: dict) -> list[str]:
+    """The plan's claims, each checked against the measured rows (deltas in absolute units)."""
+    rows, alpha = results.get("rows", {}), results.get("alpha", {})
+    lines = ["", "## The plan's story, checked", "",
+             "Each line compares two measured rows above (or α points below); a claim holds when every listed "
+             "difference points the claimed way. Differences under about 0.03 are within the noise of "
+             f"{results.get('meta', {}).get('eval_count', '?')} layouts.", "",
+             "| claim | measured differences | verdict |", "|---|---|---|"]
+
+    def up(pairs: list[tuple[str, str, str, str]], tolerance: float = 0.0) -> tuple[list, bool | None]:
+        ds = [(name, _delta(rows, new, old, key)) for name, new, old, key in pairs]
+        return ds, None if any(d is None for _, d in ds) else all(d > -tolerance for _, d in ds)
+
+    ds, ok = up([("FG mIoU", "stage1", "captions_only", "fg_miou"), ("BG mIoU", "stage1", "captions_only",
+                                                                     "bg_miou")])
+    lines.append(_check("stage 1 gives layout (vs captions only)", ds, ok and all(d > 0.03 for _, d in ds)))
+    ds, ok = up([("FG colour", "stage2", "stage1", "fg_colour_acc"), ("FG shape", "stage2", "stage1", "fg_shape_acc"),
+                 ("FG texture", "stage2", "stage1", "fg_texture_acc")])
+    lines.append(_check("stage 2 adds identity (vs stage 1)", ds, ok and sum(d for _, d in ds) > 0.03))
+    ds, ok = up([("FG mIoU", "stage2", "stage1", "fg_miou"), ("BG mIoU", "stage2", "stage1", "bg_miou")], 0.03)
+    lines.append(_check("... without breaking layout (drop under 0.03)", ds, ok))
+    ds, _ = up([("FG mIoU", "stage3", "no_bridge", "fg_miou"), ("FG colour", "stage3", "no_bridge", "fg_colour_acc"),
+                ("FG shape", "stage3", "no_bridge", "fg_shape_acc"), ("FG texture", "stage3", "no_bridge",
+                                                                     "fg_texture_acc")])
+    lines.append(_check("the bridge helps (stage 3 vs the same adapter without it)", ds,
+                        None if any(d is None for _, d in ds) else sum(d for _, d in ds) > 0.03))
+    ds, _ = up([("FG mIoU", "stage3", "alpha_frozen", "fg_miou"), ("BG mIoU", "stage3", "alpha_frozen", "bg_miou"),
+                ("FG colour", "stage3", "alpha_frozen", "fg_colour_acc"), ("FG shape", "stage3", "alpha_frozen",
+                                                                           "fg_shape_acc")])
+    lines.append(_check("a learned α beats α frozen at 0.5", ds,
+                        None if any(d is None for _, d in ds) else sum(d for _, d in ds) > 0.03))
+    ds, _ = up([("FG mIoU", "stage3", "alpha2_stage3", "fg_miou"), ("BG mIoU", "stage3", "alpha2_stage3", "bg_miou"),
+                ("FG colour", "stage3", "alpha2_stage3", "fg_colour_acc"), ("FG shape", "stage3", "alpha2_stage3",
+                                                                            "fg_shape_acc")])
+    lines.append(_check("training α from stage 1 (the default) beats from stage 2", ds,
+                        None if any(d is None for _, d in ds) else sum(d for _, d in ds) > 0))
+    split = alpha.get("from_stage1", {}).get("stage1")
+    plain = alpha.get("noroute", {}).get("stage1")
+    if split:
+        gap = split["fg_routed_fg"] - split["bg_routed_fg"]
+        lines.append(f"| α settles by depth after stage 1 (routed-FG share, fg minus mg/bg labels) | {gap:+.3f} | "
+                     f"{'holds' if gap > 0.5 else '**does not hold**'} |")
+    if plain:
+        gap = plain["fg_routed_fg"] - plain["bg_routed_fg"]
+        lines.append(f"| ... without the routing prior (the plan as written) | {gap:+.3f} | "
+                     f"{'holds' if gap > 0.5 else '**does not hold**'} |")
+    ds, _ = up([("FG mIoU", "stage2", "noroute_stage2", "fg_miou"), ("BG mIoU", "stage2", "noroute_stage2", "bg_miou"),
+                ("FG colour", "stage2", "noroute_stage2", "fg_colour_acc"), ("FG shape", "stage2", "noroute_stage2",
+                                                                             "fg_shape_acc")])
+    lines.append(_check("the routing prior improves the image (stage 2 with vs without it)", ds,
+                        None if any(d is None for _, d in ds) else sum(d for _, d in ds) > 0))
+    return lines
+
+
 def render(results: dict) -> str:
     meta = results.get("meta", {})
     lines = ["# RefComp toy world: measured results", "",
@@ -62,6 +129,8 @@ def render(results: dict) -> str:
              f"({meta.get('eval_count', '?')} layouts, never used for training or tuning).", "",
              *([] if results.get("rows") else ["**No measurement yet**: every cell below says \"not run\". Run "
                                                "`refcomp toy reproduce` to fill them.", ""]),
+             "Rows \"RefComp after stage k\" are the main runs: α trained from stage 1 with the routing prior "
+             "(`loss.route_weight` 0.1, docs/training.md); the bundled adapter is the main stage 3.", "",
              "Grounding: each instance's object is found by its colour (colours are distinct within a scene); "
              "IoU of its bounding box with the layout box. FG = instances labelled `fg`, BG = `mg` + `bg`. "
              "Identity (FG only): colour class, stretched-silhouette shape and texture of the blob best matching "
@@ -73,14 +142,20 @@ def render(results: dict) -> str:
         row = rows.get(key)
         cells = [_fmt(row.get(k)) for k, _ in COLUMNS] if row else ["not run"] + [""] * (len(COLUMNS) - 1)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    truth = rows.get("ground_truth")
+    truth, coded = rows.get("ground_truth"), rows.get("codec_truth")
     if truth:
         lines += ["", "Evaluator ceiling (the generator's own renders of the same layouts): "
                   + ", ".join(f"{c} {_fmt(truth.get(k))}" for k, c in COLUMNS) + "."]
+    if coded:
+        lines += ["", "Codec ceiling (those renders encoded and decoded by the toy codec, the best a backbone can "
+                  "output): " + ", ".join(f"{c} {_fmt(coded.get(k))}" for k, c in COLUMNS) + "."]
+    lines += story(results)
     lines += ["", "## α by depth label (held-out layouts)", "",
               "Mean α (fraction routed FG, α ≥ 0.5) for instances labelled `fg` vs `mg`/`bg`.", "",
               "| α trained from | point | FG-labelled α | BG-labelled α |", "|---|---|---|---|"]
-    for run, label in (("from_stage1", "stage 1 (default)"), ("from_stage2", "stage 2")):
+    for run, label in (("from_stage1", "stage 1, routing prior"),
+                       ("from_stage2", "stage 2, routing prior"),
+                       ("noroute", "stage 1, no routing prior (the plan; trainer default)")):
         points = results.get("alpha", {}).get(run, {})
         for point in ALPHA_POINTS:
             a = points.get(point)
@@ -98,6 +173,13 @@ def render(results: dict) -> str:
             fg, bg = _quarters(rows, "alpha_fg_mean"), _quarters(rows, "alpha_bg_mean")
             skipped = sum(int(r.get("nograd_skipped", 0)) for r in rows)
             lines.append(f"| {key} | {len(rows)} | {fg} | {bg} | {skipped} |")
+    steps_s = sum(meta.get("timings_s", {}).values())
+    timed = [r["seconds"] for r in results.get("rows", {}).values() if "seconds" in r]
+    if steps_s:
+        lines += ["", f"Wall time of the measured run: {steps_s / 60:.1f} min of training steps "
+                  f"({', '.join(f'{k} {v / 60:.1f}' for k, v in meta['timings_s'].items())} min)"
+                  + (f" + {sum(timed) / 60:.1f} min evaluating the {len(timed)} of "
+                     f"{len(results.get('rows', {}))} rows whose evaluation was timed" if timed else "") + "."]
     lines += ["", "## Models", "", *MODELS, "", "## Setup", ""]
     lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else _fmt(v)}"
               for k, v in sorted(meta.items())]

@@ -67,20 +67,21 @@ def measured():
 
 
 def test_stage3_grounds_boxes_clearly_better_than_captions_only(measured):
-    # Measured 2026-11-29 on these 16 layouts (bundled fp16 parts): captions only FG mIoU 0.022,
-    # BG 0.044; stage 3 FG 0.155, BG 0.182 (TOY.md, 64 layouts: 0.027/0.051 vs 0.122/0.157).
+    # Measured 2026-11-29 on these 16 layouts (bundled fp16 parts, one thread): captions only
+    # FG mIoU 0.085, BG 0.128; stage 3 FG 0.188, BG 0.301, FG colour 0.346 vs 0.231
+    # (TOY.md, 64 layouts: 0.051/0.141 vs 0.154/0.316).
     base, ours = measured["captions_only"], measured["stage3"]
     assert base["fg_n"] == ours["fg_n"] >= 20 and base["bg_n"] == ours["bg_n"] >= 20
-    assert base["fg_miou"] < 0.06 and base["bg_miou"] < 0.09, base        # the backbone ignores the boxes
-    assert ours["fg_miou"] >= 0.10 and ours["fg_miou"] >= base["fg_miou"] + 0.07, (base, ours)
-    assert ours["bg_miou"] >= 0.12 and ours["bg_miou"] >= base["bg_miou"] + 0.07, (base, ours)
+    assert base["fg_miou"] < 0.12 and base["bg_miou"] < 0.18, base        # the backbone ignores the boxes
+    assert ours["fg_miou"] >= 0.15 and ours["fg_miou"] >= base["fg_miou"] + 0.07, (base, ours)
+    assert ours["bg_miou"] >= 0.25 and ours["bg_miou"] >= base["bg_miou"] + 0.12, (base, ours)
     assert ours["fg_success"] > base["fg_success"] and ours["fg_colour_acc"] > base["fg_colour_acc"]
 
 
-def test_bundled_alpha_routes_every_instance_to_the_layout_branch():
-    """What the measurement shows (TOY.md, α table): trained from stage 1, α drifts just below
-    0.5 for FG- and BG-labelled instances alike, so nothing is routed FG, the modulation is
-    never used and stage 3's bridge never gets a gradient (it is still zero-initialised)."""
+def test_bundled_alpha_routes_by_depth_and_stage3_trained_the_bridge():
+    """What the measurement shows (TOY.md, α table): trained from stage 1 with the routing
+    prior, α routes fg-labelled instances FG and mg/bg-labelled ones to the layout branch,
+    so the modulation path is used and stage 3's bridge got gradients (no longer zero)."""
     from refcomp.toy.bench import alpha_by_depth
     parts = load_parts(BUNDLED_WEIGHTS)
     d = parts.backbone_config
@@ -88,6 +89,7 @@ def test_bundled_alpha_routes_every_instance_to_the_layout_branch():
                               hidden_size=d.num_attention_heads * d.attention_head_dim,
                               num_double_blocks=d.num_layers, num_single_blocks=d.num_single_layers)
     stats = alpha_by_depth(parts, adapter.eval(), eval_scenes(HELD_OUT))
-    assert stats["fg_routed_fg"] == 0.0 and stats["bg_routed_fg"] == 0.0, stats
-    assert 0.48 < stats["fg_mean"] < 0.5 and abs(stats["fg_mean"] - stats["bg_mean"]) < 0.005, stats
-    assert all(float(b.up.weight.detach().abs().max()) == 0.0 for b in adapter.bridge.per_block)
+    # measured: fg 0.616 (all routed FG), mg/bg 0.235 (none routed FG)
+    assert stats["fg_routed_fg"] >= 0.9 and stats["bg_routed_fg"] <= 0.05, stats
+    assert stats["fg_mean"] - stats["bg_mean"] > 0.2, stats
+    assert max(float(b.up.weight.detach().abs().max()) for b in adapter.bridge.per_block) > 0.0

@@ -28,6 +28,11 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     for key in ("ground_truth", "captions_only", "stage1", "stage2", "stage3", "no_bridge"):
         assert 0.0 <= rows[key]["fg_colour_acc"] <= 1.0 and rows[key]["source"]
     assert rows["ground_truth"]["fg_miou"] > 0.8                     # the evaluator's ceiling on truth renders
+    assert 0.8 < rows["codec_truth"]["fg_miou"] <= rows["ground_truth"]["fg_miou"]   # ... after the lossy codec
+    written = yaml.safe_load(open(run / "runs" / "main" / "stage1.yaml", encoding="utf-8"))
+    assert written["loss"]["route_weight"] > 0                       # the default variant uses the routing prior
+    assert rp.write_stage_config(cfg, "noroute", 1) and yaml.safe_load(open(
+        run / "runs" / "noroute" / "stage1.yaml", encoding="utf-8"))["loss"]["route_weight"] == 0
     assert set(results["alpha"]["from_stage1"]) == {"init", "stage1", "stage2", "stage3"}
     steps = results["alpha_steps"]                                   # the trainer logs α means per step
     assert {"main/stage1", "main/stage2", "main/stage3"} <= set(steps)

@@ -105,3 +105,42 @@ def test_region_preservation_only_looks_inside_the_mask_and_is_zero_without_drop
     assert float(leaked.grad[0, 4:].abs().sum()) == 0 and float(leaked.grad[0, :4].abs().sum()) > 0
     nothing = L.region_preservation_loss(leaked, vanilla, torch.zeros(1, 16))
     assert float(nothing.detach()) == 0.0
+
+
+def test_route_loss_is_binary_cross_entropy_toward_the_depth_label():
+    alpha = torch.tensor([0.9, 0.2, 0.5])
+    fg = torch.tensor([1.0, 0.0, 1.0])
+    expected = -(torch.log(torch.tensor(0.9)) + torch.log(torch.tensor(0.8)) + torch.log(torch.tensor(0.5))) / 3
+    assert torch.allclose(L.route_loss(alpha, fg), expected)
+    assert L.route_loss(torch.zeros(0), torch.zeros(0)) == 0
+
+
+def test_route_prior_splits_alpha_by_depth_and_ignores_overrides_and_caption_only():
+    """A few Adam steps on the routing prior alone move fg-labelled α above 0.5 and
+    mg/bg-labelled α below it; overridden and caption-only instances are not in the term."""
+    from types import SimpleNamespace
+
+    from helpers import features, tiny_adapter, tiny_flux
+    from refcomp_core import build_state, parse_layout
+    from training.step import routed_alpha
+
+    box = [0.1, 0.1, 0.6, 0.6]
+    rows = [{"box": box, "ref": 0, "depth": "fg"}, {"box": box, "ref": 1, "depth": "bg"},
+            {"box": box, "ref": 2, "depth": "mg"}, {"box": box, "ref": 1, "depth": "fg"},
+            {"box": box, "ref": 0, "depth": "bg", "alpha": 0.9}, {"box": box, "ref": None, "depth": "fg"}]
+    layout = parse_layout({"version": 1, "width": 64, "height": 64, "instances": rows}, num_refs=3)
+    adapter = tiny_adapter(tiny_flux())
+    feats = features(adapter, layout)
+    batch = SimpleNamespace(layouts=[layout])
+    alpha, is_fg = routed_alpha(batch, [build_state(adapter, layout, feats)], torch.device("cpu"))
+    assert is_fg.tolist() == [1.0, 0.0, 0.0, 1.0] and torch.allclose(alpha, torch.full((4,), 0.5))
+    opt = torch.optim.Adam(adapter.alpha.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = L.route_loss(*routed_alpha(batch, [build_state(adapter, layout, feats)], torch.device("cpu")))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    alpha, _ = routed_alpha(batch, [build_state(adapter, layout, feats)], torch.device("cpu"))
+    assert alpha[0] > 0.5 and alpha[3] > 0.5 and alpha[1] < 0.5 and alpha[2] < 0.5
+    full = build_state(adapter, layout, feats).alpha.detach()
+    assert torch.isclose(full[4], torch.tensor(0.9)) and full[5] == 0.0                # override and caption-only untouched

@@ -108,7 +108,7 @@ def test_tensorboard_gets_losses_alpha_and_seeded_validation_images(workdir):
     assert train(workdir, 1, "max_steps=1", "validate_every=1", "validation_steps=2") == 0
     events = EventAccumulator(str(workdir / "run1" / "logs" / "refcomp"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
-    assert {"loss/flow", "loss/rpl", "loss/identity", "loss/box", "grad_norm", "lr"} <= set(tags["scalars"])
+    assert {"loss/flow", "loss/rpl", "loss/identity", "loss/box", "loss/route", "grad_norm", "lr"} <= set(tags["scalars"])
     assert {"alpha/fg", "alpha/bg"} <= set(tags["histograms"])
     assert {"validation/0", "validation/1"} <= set(tags["images"])
 
