@@ -105,7 +105,7 @@ def test_alpha_waits_for_stage_two_when_configured(workdir):
 def test_tensorboard_gets_losses_alpha_and_seeded_validation_images(workdir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert train(workdir, 1, "max_steps=1", "validate_every=1", "validation_steps=2") == 0
+    assert train(workdir, 1, "max_steps=1", "validate_every=1", "validation_steps=2", "loss.route_weight=0.1") == 0
     events = EventAccumulator(str(workdir / "run1" / "logs" / "refcomp"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
     assert {"loss/flow", "loss/rpl", "loss/identity", "loss/box", "loss/route", "grad_norm", "lr"} <= set(tags["scalars"])
