@@ -132,7 +132,7 @@ class TrainConfig:
     data: DataConfig
     loss: LossConfig = field(default_factory=LossConfig)
     init_from: str | None = None
-    alpha_from_stage: int = 1            # 1 measured better than 2 on the toy (bench/TOY.md)
+    alpha_from_stage: int = 1            # from 2, α collapsed below 0.5 in the toy; images tied (bench/TOY.md)
     adapter: dict[str, Any] = field(default_factory=dict)
     learning_rate: float = 1e-4
     warmup_steps: int = 0
