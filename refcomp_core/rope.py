@@ -7,6 +7,7 @@ A `Rope` holds cos/sin of shape (b, l, d); pairs are interleaved
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -17,6 +18,11 @@ from einops import rearrange
 class Rope:
     cos: torch.Tensor   # (b, l, d) float32
     sin: torch.Tensor   # (b, l, d) float32
+
+    @cached_property
+    def turn(self) -> torch.Tensor:
+        """e^{iθ} per pair, built once per Rope (q and k share it).  -> (b, l, 1, d) complex64"""
+        return torch.complex(self.cos, self.sin)[:, :, None, :]
 
     def __getitem__(self, index: slice | torch.Tensor) -> "Rope":
         """Select sequence positions (a slice or a LongTensor of positions)."""
@@ -59,6 +65,5 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     (tests/test_rope.py checks both).
     """
     pairs = rearrange(x.float(), "b l h (d two) -> b l h d two", two=2).contiguous()
-    turn = torch.complex(rope.cos, rope.sin)[:, :, None, :].to(x.device)             # (b, l, 1, d)
-    out = torch.view_as_real(torch.view_as_complex(pairs) * turn)
+    out = torch.view_as_real(torch.view_as_complex(pairs) * rope.turn.to(x.device))
     return rearrange(out, "b l h d two -> b l h (d two)").to(x.dtype)

@@ -110,7 +110,7 @@ def train_step(run: Run, step: int) -> dict[str, Any]:
     loss = out["loss"]
     acc.backward(loss)
     norm = acc.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    loss_value = torch.as_tensor(out["loss"], dtype=torch.float32, device=acc.device).detach()
+    loss_value = torch.as_tensor(loss, dtype=torch.float32, device=acc.device).detach()
     flags = torch.tensor([float(not (torch.isfinite(loss_value) and torch.isfinite(norm))), has_grad],
                          device=acc.device)
     flags = acc.reduce(flags, "sum")

@@ -111,26 +111,30 @@ def fp32_state(adapter: RefCompAdapter, layout, features: InstanceFeatures):
         return build_state(adapter, layout, features)
 
 
-def routed_alpha(batch: Batch, states: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted α of instances with a reference, a depth label and no manual override,
-    and whether each is labelled fg.  -> alpha (m,), is_fg (m,)"""
+def labelled_alpha(batch: Batch, states: list, device: torch.device, *, predicted_only: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """α of instances with a reference and a depth label (with `predicted_only`, also no
+    manual override), and whether each is labelled fg.  -> alpha (m,), is_fg (m,) float"""
     alphas, fg = [], []
     for lay, st in zip(batch.layouts, states):
-        for inst, a in zip(lay.instances, st.alpha):
-            if inst.ref is not None and inst.depth is not None and inst.alpha is None:
-                alphas.append(a)
-                fg.append(inst.depth == "fg")
+        keep = [i for i, inst in enumerate(lay.instances) if inst.ref is not None and inst.depth is not None
+                and not (predicted_only and inst.alpha is not None)]
+        if keep:
+            alphas.append(st.alpha[torch.tensor(keep, device=st.alpha.device)])
+            fg += [lay.instances[i].depth == "fg" for i in keep]
     if not alphas:
         return torch.zeros(0, device=device), torch.zeros(0, device=device)
-    return torch.stack(alphas).float(), torch.tensor(fg, dtype=torch.float32, device=device)
+    alpha = torch.cat(alphas).float()
+    return alpha, torch.tensor(fg, dtype=torch.float32, device=alpha.device)
+
+
+def routed_alpha(batch: Batch, states: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the routing prior sees: predicted α (no manual override) and the fg label."""
+    return labelled_alpha(batch, states, device, predicted_only=True)
 
 
 def alpha_stats(batch: Batch, states: list, device: torch.device) -> dict[str, torch.Tensor]:
     """α of instances labelled fg vs mg/bg in the manifest (detached, for logging)."""
-    fg, bg = [], []
-    for lay, st in zip(batch.layouts, states):
-        for inst, a in zip(lay.instances, st.alpha.detach().float()):
-            if inst.ref is not None and inst.depth is not None:
-                (fg if inst.depth == "fg" else bg).append(a)
-    stack = lambda xs: torch.stack(xs) if xs else torch.zeros(0, device=device)   # noqa: E731
-    return {"alpha_fg": stack(fg), "alpha_bg": stack(bg)}
+    alpha, is_fg = labelled_alpha(batch, states, device)
+    alpha, is_fg = alpha.detach(), is_fg.bool()
+    return {"alpha_fg": alpha[is_fg], "alpha_bg": alpha[~is_fg]}

@@ -75,9 +75,20 @@ def _net(deltas: list[tuple[str, float | None]], margin: float = 0.03) -> bool |
     return True if total > margin else False if total < -margin else f"within noise (net {total:+.3f})"
 
 
+def _every(deltas: list[tuple[str, float | None]], above: float) -> bool | None:
+    """Verdict when every difference must exceed `above`."""
+    return None if any(d is None for _, d in deltas) else all(d > above for _, d in deltas if d is not None)
+
+
+GROUNDING = ("fg_miou", "bg_miou")
+IDENTITY = ("fg_colour_acc", "fg_shape_acc", "fg_texture_acc")
+OVERALL = ("fg_miou", "bg_miou", "fg_colour_acc", "fg_shape_acc")
+
+
 def story(results: dict) -> list[str]:
     """The plan's claims, each checked against the measured rows (deltas in absolute units)."""
     rows, alpha = results.get("rows", {}), results.get("alpha", {})
+    label = dict(COLUMNS)
     lines = ["", "## The plan's story, checked", "",
              "Each line compares two measured rows above (or α points below). A claim on several columns holds "
              "when their differences sum to more than +0.03 and fails below -0.03; differences under about 0.03 "
@@ -85,43 +96,29 @@ def story(results: dict) -> list[str]:
              f"{results.get('meta', {}).get('eval_count', '?')} layouts.", "",
              "| claim | measured differences | verdict |", "|---|---|---|"]
 
-    def up(pairs: list[tuple[str, str, str, str]], tolerance: float = 0.0) -> tuple[list, bool | None]:
-        ds = [(name, _delta(rows, new, old, key)) for name, new, old, key in pairs]
-        return ds, None if any(d is None for _, d in ds) else all(d > -tolerance for _, d in ds)
+    def diffs(new: str, old: str, keys: tuple[str, ...]) -> list[tuple[str, float | None]]:
+        return [(label[k], _delta(rows, new, old, k)) for k in keys]
 
-    ds, ok = up([("FG mIoU", "stage1", "captions_only", "fg_miou"), ("BG mIoU", "stage1", "captions_only",
-                                                                     "bg_miou")])
-    lines.append(_check("stage 1 gives layout (vs captions only)", ds, ok and all(d > 0.03 for _, d in ds)))
-    ds, ok = up([("FG colour", "stage2", "stage1", "fg_colour_acc"), ("FG shape", "stage2", "stage1", "fg_shape_acc"),
-                 ("FG texture", "stage2", "stage1", "fg_texture_acc")])
-    lines.append(_check("stage 2 adds identity (vs stage 1)", ds, _net(ds)))
-    ds, ok = up([("FG mIoU", "stage2", "stage1", "fg_miou"), ("BG mIoU", "stage2", "stage1", "bg_miou")], 0.03)
-    lines.append(_check("... without breaking layout (drop under 0.03)", ds, ok))
-    ds, _ = up([("FG mIoU", "stage3", "no_bridge", "fg_miou"), ("FG colour", "stage3", "no_bridge", "fg_colour_acc"),
-                ("FG shape", "stage3", "no_bridge", "fg_shape_acc"), ("FG texture", "stage3", "no_bridge",
-                                                                     "fg_texture_acc")])
-    lines.append(_check("the bridge helps (stage 3 vs the same adapter without it)", ds, _net(ds)))
-    ds, _ = up([("FG mIoU", "stage3", "alpha_frozen", "fg_miou"), ("BG mIoU", "stage3", "alpha_frozen", "bg_miou"),
-                ("FG colour", "stage3", "alpha_frozen", "fg_colour_acc"), ("FG shape", "stage3", "alpha_frozen",
-                                                                           "fg_shape_acc")])
-    lines.append(_check("a learned α beats α frozen at 0.5", ds, _net(ds)))
-    ds, _ = up([("FG mIoU", "stage3", "alpha2_stage3", "fg_miou"), ("BG mIoU", "stage3", "alpha2_stage3", "bg_miou"),
-                ("FG colour", "stage3", "alpha2_stage3", "fg_colour_acc"), ("FG shape", "stage3", "alpha2_stage3",
-                                                                            "fg_shape_acc")])
-    lines.append(_check("training α from stage 1 (the default) beats from stage 2", ds, _net(ds)))
-    split = alpha.get("from_stage1", {}).get("stage1")
-    plain = alpha.get("noroute", {}).get("stage1")
-    if split:
-        gap = split["fg_routed_fg"] - split["bg_routed_fg"]
-        lines.append(f"| α settles by depth after stage 1 (routed-FG share, fg minus mg/bg labels) | {gap:+.3f} | "
-                     f"{'holds' if gap > 0.5 else '**does not hold**'} |")
-    if plain:
-        gap = plain["fg_routed_fg"] - plain["bg_routed_fg"]
-        lines.append(f"| ... without the routing prior (the plan as written) | {gap:+.3f} | "
-                     f"{'holds' if gap > 0.5 else '**does not hold**'} |")
-    ds, _ = up([("FG mIoU", "stage2", "noroute_stage2", "fg_miou"), ("BG mIoU", "stage2", "noroute_stage2", "bg_miou"),
-                ("FG colour", "stage2", "noroute_stage2", "fg_colour_acc"), ("FG shape", "stage2", "noroute_stage2",
-                                                                             "fg_shape_acc")])
+    checks = (
+        ("stage 1 gives layout (vs captions only)", diffs("stage1", "captions_only", GROUNDING),
+         lambda ds: _every(ds, 0.03)),
+        ("stage 2 adds identity (vs stage 1)", diffs("stage2", "stage1", IDENTITY), _net),
+        ("... without breaking layout (drop under 0.03)", diffs("stage2", "stage1", GROUNDING),
+         lambda ds: _every(ds, -0.03)),
+        ("the bridge helps (stage 3 vs the same adapter without it)",
+         diffs("stage3", "no_bridge", ("fg_miou",) + IDENTITY), _net),
+        ("a learned α beats α frozen at 0.5", diffs("stage3", "alpha_frozen", OVERALL), _net),
+        ("training α from stage 1 (the default) beats from stage 2", diffs("stage3", "alpha2_stage3", OVERALL),
+         _net),
+    )
+    lines += [_check(name, ds, verdict(ds)) for name, ds, verdict in checks]
+    for run, name in (("from_stage1", "α settles by depth after stage 1 (routed-FG share, fg minus mg/bg labels)"),
+                      ("noroute", "... without the routing prior (the plan as written)")):
+        point = alpha.get(run, {}).get("stage1")
+        if point:
+            gap = point["fg_routed_fg"] - point["bg_routed_fg"]
+            lines.append(f"| {name} | {gap:+.3f} | {'holds' if gap > 0.5 else '**does not hold**'} |")
+    ds = diffs("stage2", "noroute_stage2", OVERALL)
     lines.append(_check("the routing prior improves the image (stage 2 with vs without it)", ds, _net(ds)))
     return lines
 
@@ -175,17 +172,17 @@ def render(results: dict) -> str:
                   "of the stage's steps, first → last; \"skipped\" counts updates skipped because no instance "
                   "in the batch was routed FG, so the loss had no grad path.", "",
                   "| run / stage | steps | FG-labelled α | BG-labelled α | skipped |", "|---|---|---|---|---|"]
-        for key, rows in steps.items():
-            fg, bg = _quarters(rows, "alpha_fg_mean"), _quarters(rows, "alpha_bg_mean")
-            skipped = sum(int(r.get("nograd_skipped", 0)) for r in rows)
-            lines.append(f"| {key} | {len(rows)} | {fg} | {bg} | {skipped} |")
+        for key, logged in steps.items():
+            fg, bg = _quarters(logged, "alpha_fg_mean"), _quarters(logged, "alpha_bg_mean")
+            skipped = sum(int(r.get("nograd_skipped", 0)) for r in logged)
+            lines.append(f"| {key} | {len(logged)} | {fg} | {bg} | {skipped} |")
     steps_s = sum(meta.get("timings_s", {}).values())
-    timed = [r["seconds"] for r in results.get("rows", {}).values() if "seconds" in r]
+    timed = [r["seconds"] for r in rows.values() if "seconds" in r]
     if steps_s:
         lines += ["", f"Wall time of the measured run: {steps_s / 60:.1f} min of training steps "
                   f"({', '.join(f'{k} {v / 60:.1f}' for k, v in meta['timings_s'].items())} min)"
                   + (f" + {sum(timed) / 60:.1f} min evaluating the {len(timed)} of "
-                     f"{len(results.get('rows', {}))} rows whose evaluation was timed" if timed else "") + "."]
+                     f"{len(rows)} rows whose evaluation was timed" if timed else "") + "."]
     lines += ["", "## Models", "", *MODELS, "", "## Setup", ""]
     lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else _fmt(v)}"
               for k, v in sorted(meta.items())]

@@ -23,12 +23,7 @@ from refcomp_core.checkpoint import load_adapter, read_info
 HELD_OUT = 16                     # the first 16 layouts of the eval split (TOY.md measures 64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bundle_is_complete_small_and_safetensors_only():

@@ -44,13 +44,8 @@ def workdir(tmp_path, tiny_models, tiny_data):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_thread):
+    """Every training test runs on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(autouse=True)
