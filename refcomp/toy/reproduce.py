@@ -51,14 +51,16 @@ class ToyPipelineError(RefCompError):
 class ReproduceConfig:
     run_dir: str = "runs/toy"
     report: str = "bench/TOY.md"
-    # Sized to finish in about 70 minutes on 2 CPU cores with 2 torch threads (measured
-    # 2026-11-29: ~0.8 s per backbone step at batch 32; stage steps and evaluated rows in
-    # bench/TOY.md's timings); the backbone gets most of the budget because every row stands on it.
+    # Sized to finish in under 90 minutes on 2 CPU cores (measured 2026-11-29: ~0.8 s per
+    # backbone step at batch 32 on 2 threads; ~2.7 s per stage step at batch 16 on 1 thread, two
+    # stage trainings side by side; every row's time is in bench/TOY.md). The backbone gets most
+    # of the budget because every row stands on it.
     encoder: LoopConfig = LoopConfig(steps=150, batch_size=64, learning_rate=2e-3, warmup=20, save_every=50)
     backbone: LoopConfig = LoopConfig(steps=2000, batch_size=32, learning_rate=6e-4, warmup=100, save_every=100)
     train_scenes: int = 3000
-    stage_steps: tuple[int, int, int] = (120, 80, 50)
+    stage_steps: tuple[int, int, int] = (120, 160, 50)
     stage_batch: int = 16
+    stage_jobs: int = 2              # stage trainings side by side, one torch thread each (lanes.py)
     eval_count: int = 64
     eval_steps: int = 20
     cfg_scale: float = 3.0
@@ -70,7 +72,7 @@ class ReproduceConfig:
         """CI-sized: a few steps of everything."""
         tiny = LoopConfig(steps=2, batch_size=4, learning_rate=1e-3, warmup=1, save_every=1)
         return cls(run_dir=run_dir, report=report, encoder=tiny, backbone=tiny, train_scenes=8,
-                   stage_steps=(2, 2, 2), stage_batch=2, eval_count=4, eval_steps=2, variants=("main",),
+                   stage_steps=(2, 2, 2), stage_batch=2, eval_count=4, eval_steps=2, variants=("main", "noroute"),
                    trainer_overrides=("checkpoint_every=1", "log_every=1", "warmup_steps=0", "loss.aux_every=1"))
 
     def __post_init__(self) -> None:
@@ -78,6 +80,8 @@ class ReproduceConfig:
         if unknown or ("frozen" in self.variants and "alpha2" not in self.variants):
             raise ValueError(f"ReproduceConfig.variants {list(self.variants)}: choose from {list(VARIANTS)}; "
                              "'frozen' starts from 'alpha2' stage 1, so it needs 'alpha2'")
+        if self.stage_jobs < 1:
+            raise ValueError(f"ReproduceConfig.stage_jobs is {self.stage_jobs}; use 1 (serial) or more")
 
 
 def step_encoders(cfg: ReproduceConfig, parts_dir: str) -> None:
@@ -146,6 +150,7 @@ def write_stage_config(cfg: ReproduceConfig, variant: str, stage: int) -> str:
     doc["models"]["toy_weights"] = os.path.join(os.path.abspath(cfg.run_dir), "parts")
     doc["data"]["manifest"] = os.path.join(os.path.abspath(cfg.run_dir), "data", "train", spec["manifest"])
     doc["data"]["batch_size"] = cfg.stage_batch
+    doc["data"]["cache_dir"] = os.path.join(os.path.abspath(cfg.run_dir), "data", "cache")   # shared by every run
     doc["max_steps"] = cfg.stage_steps[stage - 1]
     if stage > 1:
         source = spec.get("stage1_from", variant) if stage == 2 else variant
@@ -157,18 +162,40 @@ def write_stage_config(cfg: ReproduceConfig, variant: str, stage: int) -> str:
     return path
 
 
-def step_stages(cfg: ReproduceConfig) -> None:
+def train_variants(cfg: ReproduceConfig, variants: list[str]) -> None:
+    """Train the missing stages of `variants`, in order, with the real trainer."""
     from training.train import main as train_main
-    for variant in cfg.variants:
+    for variant in variants:
         for stage in VARIANTS[variant]["stages"]:
             if os.path.isfile(stage_path(cfg.run_dir, variant, stage)):
                 continue
-            check_trainer()
             path = write_stage_config(cfg, variant, stage)
             overrides = [x for o in cfg.trainer_overrides for x in ("--set", o)]
             log.info("toy: training %s stage %d (%s)", variant, stage, path)
             if train_main(["--config", path, "--resume", "latest", *overrides]) != 0:
                 raise ToyPipelineError(f"toy: training {variant} stage {stage} failed; see the log above")
+
+
+def step_stages(cfg: ReproduceConfig) -> None:
+    """Cache the frozen-encoder features once, then train every variant (in `stage_jobs` lanes)."""
+    from functools import partial
+
+    from training.train import main as train_main
+
+    from .lanes import plan_lanes, run_lanes
+    todo = [v for v in cfg.variants if not all(os.path.isfile(stage_path(cfg.run_dir, v, k))
+                                               for k in VARIANTS[v]["stages"])]
+    if not todo:
+        return
+    check_trainer()
+    if train_main(["--config", write_stage_config(cfg, todo[0], VARIANTS[todo[0]]["stages"][0]),
+                   "--precompute-only"]) != 0:
+        raise ToyPipelineError("toy: caching the frozen-encoder features failed; see the log above")
+    lanes = plan_lanes(tuple(todo), VARIANTS, cfg.stage_steps, cfg.stage_jobs)
+    try:
+        run_lanes(lanes, partial(train_variants, cfg))
+    except RuntimeError as err:
+        raise ToyPipelineError(f"toy: stage training failed: {err}") from err
 
 
 def step_bundle(cfg: ReproduceConfig, target: str, limit_mb: float = 20.0) -> None:
