@@ -3,13 +3,14 @@
     refcomp demo                                   # bundled layout + weights -> refcomp_toy_demo.png
     refcomp demo --layout my_layout.json --seed 3 --out demo.png
     refcomp demo --scene-seed 7                    # a fresh layout from the world (split "demo")
-    refcomp toy reproduce [--run-dir runs/toy] [--report bench/TOY.md] [--bundle] [--smoke] [--threads 2]
+    refcomp toy reproduce [--run-dir runs/toy] [--report bench/TOY.md] [--bundle] [--smoke] [--threads 2] [--jobs 2]
 
 Exit codes: 0 done, 2 bad input or a step that cannot run (the message says why).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -39,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--smoke", action="store_true", help="CI-sized: a few steps of every stage")
     r.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, the cores the 90-minute "
                                                           "budget was measured on; use 1 on a busy machine)")
+    r.add_argument("--jobs", type=int, default=None, help="stage trainings side by side, one torch thread each "
+                                                          "(default 2; 1 trains the variants one after another)")
     return p
 
 
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
             cfg = ReproduceConfig.smoke(args.run_dir, args.report) if args.smoke else \
                 ReproduceConfig(run_dir=args.run_dir, report=args.report)
+            if args.jobs is not None:
+                if args.jobs < 1:
+                    raise ValueError("--jobs must be >= 1")
+                cfg = dataclasses.replace(cfg, stage_jobs=args.jobs)
             from .demo import BUNDLED_WEIGHTS
             reproduce(cfg, bundle_to=BUNDLED_WEIGHTS if args.bundle else None)
     except (ValueError, FileNotFoundError) as err:

@@ -89,7 +89,23 @@ def _fingerprint(cfg: ReproduceConfig, row: str) -> str:
     return ";".join(f"{os.path.basename(f)}@{os.path.getmtime(f):.0f}" for f in files)
 
 
+def stage_learning_rates() -> list[float]:
+    """The learning rate of each toy stage config (refcomp/toy/configs/stage<k>.yaml)."""
+    import yaml
+
+    from .reproduce import HERE
+    rates = []
+    for k in (1, 2, 3):
+        with open(os.path.join(HERE, "configs", f"stage{k}.yaml"), encoding="utf-8") as f:
+            rates.append(float(yaml.safe_load(f)["learning_rate"]))
+    return rates
+
+
 def step_eval(cfg: ReproduceConfig, timings: dict[str, float]) -> dict:
+    """Measure every missing or retrained row and α point; `timings` gains "eval" when
+    anything was measured (its whole wall time, α points and loading included)."""
+    start = time.perf_counter()
+    measured = False
     path = os.path.join(cfg.run_dir, RESULTS)
     results = _load(path)
     parts = load_parts(os.path.join(cfg.run_dir, "parts"))
@@ -118,9 +134,10 @@ def step_eval(cfg: ReproduceConfig, timings: dict[str, float]) -> dict:
     sources = {name: _fingerprint(cfg, name) for name in rows}
     for name, fn in rows.items():
         if results["rows"].get(name, {}).get("source") != sources[name]:       # new or retrained: (re)measure
-            start = time.perf_counter()
+            began = time.perf_counter()
             row = fn()
-            results["rows"][name] = {**row, "source": sources[name], "seconds": round(time.perf_counter() - start, 1)}
+            results["rows"][name] = {**row, "source": sources[name], "seconds": round(time.perf_counter() - began, 1)}
+            measured = True
             _save(path, results)
     for variant, key in (("main", "from_stage1"), ("alpha2", "from_stage2"), ("noroute", "noroute")):
         if variant not in cfg.variants:
@@ -130,16 +147,22 @@ def step_eval(cfg: ReproduceConfig, timings: dict[str, float]) -> dict:
             if f"stage{k}" not in points:
                 points[f"stage{k}"] = alpha_by_depth(parts, _adapter(parts, stage_path(cfg.run_dir, variant, k)),
                                                      scenes)
+                measured = True
                 _save(path, results)
         if "init" not in points:                     # a freshly initialised adapter of the same config
             fresh = RefCompAdapter(_adapter(parts, stage_path(cfg.run_dir, variant, 1)).config).eval()
             points["init"] = alpha_by_depth(parts, fresh, scenes)
+            measured = True
             _save(path, results)
     results["alpha_steps"] = alpha_steps(cfg.run_dir)
+    if measured:
+        timings = {**timings, "eval": round(time.perf_counter() - start, 1)}
     results["meta"].update({"eval_count": ecfg.count, "eval_sampling": f"{ecfg.sample.steps} Euler steps, CFG "
                             f"{ecfg.sample.cfg_scale}", "timings_s": {**results["meta"].get("timings_s", {}),
                                                                        **ran(timings)},
                             "backbone_steps": cfg.backbone.steps, "stage_steps": list(cfg.stage_steps),
+                            "stage_learning_rates": stage_learning_rates(), "stage_batch": cfg.stage_batch,
+                            "stage_jobs": cfg.stage_jobs,
                             "train_scenes": cfg.train_scenes, "variants": list(cfg.variants),
                             "results_file": path})
     _save(path, results)

@@ -24,6 +24,11 @@ def test_reproduce_smoke_end_to_end(tmp_path):
         assert os.path.isfile(rp.stage_path(str(run), "main", stage))
         written = yaml.safe_load(open(run / "runs" / "main" / f"stage{stage}.yaml", encoding="utf-8"))
         assert written["stage"] == stage and written["max_steps"] == 2
+    for stage in (1, 2):                                             # the second lane: the no-prior variant
+        assert os.path.isfile(rp.stage_path(str(run), "noroute", stage))
+    cache = run / "data" / "cache"                                   # the encoders ran once, before the lanes
+    assert len(list(cache.glob("*.safetensors"))) == 8
+    assert written["data"]["cache_dir"] == str(cache)
     rows = results["rows"]
     for key in ("ground_truth", "captions_only", "stage1", "stage2", "stage3", "no_bridge"):
         assert 0.0 <= rows[key]["fg_colour_acc"] <= 1.0 and rows[key]["source"]
@@ -40,8 +45,11 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     text = report.read_text()
     for key, label in ROWS:
         assert label in text
-    assert "not run" in text                                         # the smoke skips the α variants
+    assert "not run" in text                                         # the smoke skips alpha2 and frozen
+    assert results["meta"]["timings_s"]["eval"] > 0 and results["meta"]["stage_jobs"] == 2
     stamp = os.path.getmtime(rp.stage_path(str(run), "main", 3))
+    eval_s = results["meta"]["timings_s"]["eval"]
     again = rp.reproduce(cfg)                                        # everything is done: nothing reruns
     assert os.path.getmtime(rp.stage_path(str(run), "main", 3)) == stamp
+    assert again["meta"]["timings_s"]["eval"] == eval_s              # ... and the measured times stay
     assert again["rows"]["stage3"] == rows["stage3"]
