@@ -37,6 +37,15 @@ def eval_scenes(count: int, size: int = 64) -> list[ToyScene]:
     return [sample_scene(scene_seed("eval", i), size=size) for i in range(count)]
 
 
+VALIDATION_START = 20_000_000     # train-split scene indices from here on: never trained on, never the eval seed
+
+
+def validation_scenes(count: int, size: int = 64) -> list[ToyScene]:
+    """Layouts for choosing settings: the "train" split's stream far past any training scene
+    (`refcomp toy reproduce` trains on the first `train_scenes`), so tuning never sees "eval"."""
+    return [sample_scene(scene_seed("train", VALIDATION_START + i), size=size) for i in range(count)]
+
+
 def with_alpha(layout: dict, alpha: float | None) -> dict:
     """A copy of a layout with every instance's manual α set (None leaves it)."""
     if alpha is None:

@@ -4,6 +4,7 @@
     refcomp demo --layout my_layout.json --seed 3 --out demo.png
     refcomp demo --scene-seed 7                    # a fresh layout from the world (split "demo")
     refcomp toy reproduce [--run-dir runs/toy] [--report bench/TOY.md] [--bundle] [--smoke] [--threads 2] [--jobs 2]
+    refcomp toy validate --parts RUN/parts --adapter A.safetensors [--adapter B.safetensors] [--count 48]
 
 Exit codes: 0 done, 2 bad input or a step that cannot run (the message says why).
 """
@@ -42,6 +43,13 @@ def parser() -> argparse.ArgumentParser:
                                                           "budget was measured on; use 1 on a busy machine)")
     r.add_argument("--jobs", type=int, default=None, help="stage trainings side by side, one torch thread each "
                                                           "(default 2; 1 trains the variants one after another)")
+    v = sub.add_parser("validate", help="score adapters on train-split validation layouts (to choose settings)",
+                       description="Never tune on the held-out eval split: compare settings here instead.")
+    v.add_argument("--parts", required=True, help="a run's frozen parts folder, e.g. runs/toy/parts")
+    v.add_argument("--adapter", action="append", default=[], help="an exported refcomp-stage<k>.safetensors "
+                                                                   "(repeat to compare several)")
+    v.add_argument("--count", type=int, default=48, help="validation layouts (default 48)")
+    v.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     return p
 
 
@@ -59,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--layout and --scene-seed choose the layout two ways; give one")
             run_demo(layout=args.layout, scene=args.scene_seed, seed=args.seed, weights=args.weights, out=args.out,
                      steps=args.steps, cfg_scale=args.cfg)
+        elif args.command == "validate":
+            from .validate import validate
+            if args.count < 1 or args.steps < 1:
+                raise ValueError("--count and --steps must be >= 1")
+            print(validate(args.parts, args.adapter, count=args.count, steps=args.steps), end="")
         else:
             import torch
 

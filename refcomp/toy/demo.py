@@ -16,7 +16,6 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from refcomp_core.checkpoint import load_adapter
 
 from .data import to_uint8
 from .parts import ADAPTER_FILE, load_parts
@@ -117,10 +116,7 @@ def run_demo(*, layout: str | None = None, scene: int | None = None, seed: int =
     if not os.path.isfile(adapter_path):
         raise FileNotFoundError(f"{adapter_path}: no trained toy adapter; run `refcomp toy reproduce --bundle` "
                                 "(or pass --weights to a folder that has one)")
-    d = parts.backbone_config
-    adapter, _ = load_adapter(adapter_path, hidden_size=d.num_attention_heads * d.attention_head_dim,
-                              num_double_blocks=d.num_layers, num_single_blocks=d.num_single_layers)
-    adapter.eval()
+    adapter = parts.load_adapter(adapter_path)
     size = int(doc.get("toy", {}).get("size", 64))
     image = generate(parts, [global_caption(doc)], seeds=[seed], config=SampleConfig(steps=steps,
                      cfg_scale=cfg_scale, size=size), adapter=adapter, layouts=[doc], references=[refs])[0]

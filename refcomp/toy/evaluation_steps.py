@@ -12,12 +12,11 @@ import numpy as np
 import torch
 
 from refcomp_core import RefCompAdapter
-from refcomp_core.checkpoint import load_adapter
 
 from .bench import EvalConfig, alpha_by_depth, eval_scenes, evaluate_row, no_bridge
 from .evaluate import score_image, summarize
 from .packing import PIXELS_PER_TOKEN, pack, unpack
-from .parts import ToyParts, load_parts
+from .parts import load_parts
 from .report import write as write_report
 from .reproduce import VARIANTS, ReproduceConfig, stage_path
 from .sample import SampleConfig
@@ -37,13 +36,6 @@ def _save(path: str, results: dict) -> None:
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)
     os.replace(f"{path}.tmp", path)
-
-
-def _adapter(parts: ToyParts, path: str):
-    d = parts.backbone_config
-    adapter, _ = load_adapter(path, hidden_size=d.num_attention_heads * d.attention_head_dim,
-                              num_double_blocks=d.num_layers, num_single_blocks=d.num_single_layers)
-    return adapter.eval()
 
 
 def alpha_steps(run_dir: str) -> dict:
@@ -116,21 +108,19 @@ def step_eval(cfg: ReproduceConfig, timings: dict[str, float]) -> dict:
         "codec_truth": lambda: summarize([s for sc in scenes for s in score_image(through_codec(sc.render()),
                                                                                    sc.layout())]),
         "captions_only": lambda: evaluate_row(parts, None, ecfg, scenes=scenes, desc="captions only")[0]}
+    def row(variant: str, stage: int, desc: str, *, alpha: float | None = None, edit=lambda a: a):
+        return lambda: evaluate_row(parts, edit(parts.load_adapter(stage_path(cfg.run_dir, variant, stage))), ecfg,
+                                    alpha=alpha, scenes=scenes, desc=desc)[0]
+
     if "main" in cfg.variants:
-        rows.update({f"stage{k}": (lambda k=k: evaluate_row(parts, _adapter(parts, stage_path(cfg.run_dir, "main", k)),
-                                                             ecfg, scenes=scenes, desc=f"stage {k}")[0])
-                     for k in (1, 2, 3)})
-        rows["no_bridge"] = lambda: evaluate_row(parts, no_bridge(_adapter(parts, stage_path(cfg.run_dir, "main", 3))),
-                                                 ecfg, scenes=scenes, desc="no bridge")[0]
+        rows.update({f"stage{k}": row("main", k, f"stage {k}") for k in (1, 2, 3)})
+        rows["no_bridge"] = row("main", 3, "no bridge", edit=no_bridge)
     if "alpha2" in cfg.variants:
-        rows["alpha2_stage3"] = lambda: evaluate_row(parts, _adapter(parts, stage_path(cfg.run_dir, "alpha2", 3)),
-                                                     ecfg, scenes=scenes, desc="alpha2 stage 3")[0]
+        rows["alpha2_stage3"] = row("alpha2", 3, "alpha2 stage 3")
     if "noroute" in cfg.variants:
-        rows["noroute_stage2"] = lambda: evaluate_row(parts, _adapter(parts, stage_path(cfg.run_dir, "noroute", 2)),
-                                                      ecfg, scenes=scenes, desc="no routing prior")[0]
+        rows["noroute_stage2"] = row("noroute", 2, "no routing prior")
     if "frozen" in cfg.variants:
-        rows["alpha_frozen"] = lambda: evaluate_row(parts, _adapter(parts, stage_path(cfg.run_dir, "frozen", 3)), ecfg,
-                                                    alpha=0.5, scenes=scenes, desc="alpha frozen")[0]
+        rows["alpha_frozen"] = row("frozen", 3, "alpha frozen", alpha=0.5)
     sources = {name: _fingerprint(cfg, name) for name in rows}
     for name, fn in rows.items():
         if results["rows"].get(name, {}).get("source") != sources[name]:       # new or retrained: (re)measure
@@ -145,12 +135,12 @@ def step_eval(cfg: ReproduceConfig, timings: dict[str, float]) -> dict:
         points = results["alpha"].setdefault(key, {})
         for k in VARIANTS[variant]["stages"]:
             if f"stage{k}" not in points:
-                points[f"stage{k}"] = alpha_by_depth(parts, _adapter(parts, stage_path(cfg.run_dir, variant, k)),
+                points[f"stage{k}"] = alpha_by_depth(parts, parts.load_adapter(stage_path(cfg.run_dir, variant, k)),
                                                      scenes)
                 measured = True
                 _save(path, results)
         if "init" not in points:                     # a freshly initialised adapter of the same config
-            fresh = RefCompAdapter(_adapter(parts, stage_path(cfg.run_dir, variant, 1)).config).eval()
+            fresh = RefCompAdapter(parts.load_adapter(stage_path(cfg.run_dir, variant, 1)).config).eval()
             points["init"] = alpha_by_depth(parts, fresh, scenes)
             measured = True
             _save(path, results)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from .backbone import ToyBackboneConfig, build_backbone
 from .packing import PIXELS_PER_TOKEN, DctCodec
 from .text import ToyTextConfig, ToyTextEncoder, ToyTokenizer
 from .vision import ToyImageEncoder, ToyVisionConfig
+
+if TYPE_CHECKING:
+    from refcomp_core import RefCompAdapter
 
 FILES = {"backbone": "backbone.safetensors", "text": "text.safetensors", "clip": "clip.safetensors",
          "dino": "dino.safetensors"}
@@ -46,6 +49,14 @@ class ToyParts:
         """RefCompConfig's clip_dim / dino_dim / text_dim / visual_dim for this toy."""
         return dict(clip_dim=self.clip.config.projection_dim, dino_dim=self.dino.config.hidden_size,
                     text_dim=self.text.config.hidden_size, visual_dim=self.dino.config.hidden_size)
+
+    def load_adapter(self, path: str) -> "RefCompAdapter":
+        """An exported RefComp file for this backbone (dimensions checked), in eval mode."""
+        from refcomp_core.checkpoint import load_adapter
+        d = self.backbone_config
+        adapter, _ = load_adapter(path, hidden_size=d.num_attention_heads * d.attention_head_dim,
+                                  num_double_blocks=d.num_layers, num_single_blocks=d.num_single_layers)
+        return adapter.eval()
 
     def freeze(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "ToyParts":
         for m in (self.transformer, self.text, self.clip, self.dino, self.codec):

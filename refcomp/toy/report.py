@@ -42,7 +42,7 @@ MODELS = (
 )
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -146,15 +146,15 @@ def render(results: dict) -> str:
     rows = results.get("rows", {})
     for key, label in ROWS:
         row = rows.get(key)
-        cells = [_fmt(row.get(k)) for k, _ in COLUMNS] if row else ["not run"] + [""] * (len(COLUMNS) - 1)
+        cells = [fmt(row.get(k)) for k, _ in COLUMNS] if row else ["not run"] + [""] * (len(COLUMNS) - 1)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     truth, coded = rows.get("ground_truth"), rows.get("codec_truth")
     if truth:
         lines += ["", "Evaluator ceiling (the generator's own renders of the same layouts): "
-                  + ", ".join(f"{c} {_fmt(truth.get(k))}" for k, c in COLUMNS) + "."]
+                  + ", ".join(f"{c} {fmt(truth.get(k))}" for k, c in COLUMNS) + "."]
     if coded:
         lines += ["", "Codec ceiling (those renders encoded and decoded by the toy codec, the best a backbone can "
-                  "output): " + ", ".join(f"{c} {_fmt(coded.get(k))}" for k, c in COLUMNS) + "."]
+                  "output): " + ", ".join(f"{c} {fmt(coded.get(k))}" for k, c in COLUMNS) + "."]
     lines += story(results)
     lines += ["", "## α by depth label (held-out layouts)", "",
               "Mean α (fraction routed FG, α ≥ 0.5) for instances labelled `fg` vs `mg`/`bg`.", "",
@@ -165,8 +165,8 @@ def render(results: dict) -> str:
         points = results.get("alpha", {}).get(run, {})
         for point in ALPHA_POINTS:
             a = points.get(point)
-            cells = (f"{_fmt(a.get('fg_mean'))} ({_fmt(a.get('fg_routed_fg'))})",
-                     f"{_fmt(a.get('bg_mean'))} ({_fmt(a.get('bg_routed_fg'))})") if a else ("not run", "")
+            cells = (f"{fmt(a.get('fg_mean'))} ({fmt(a.get('fg_routed_fg'))})",
+                     f"{fmt(a.get('bg_mean'))} ({fmt(a.get('bg_routed_fg'))})") if a else ("not run", "")
             lines.append(f"| {label} | {point} | {cells[0]} | {cells[1]} |")
     steps = results.get("alpha_steps")
     if steps:
@@ -182,7 +182,9 @@ def render(results: dict) -> str:
     timings = meta.get("timings_s", {})
     timed = [r["seconds"] for r in rows.values() if "seconds" in r]
     if timings:
-        parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items())
+        order = ["encoders", "backbone", "data", "stages", "eval"]
+        parts = ", ".join(f"{k} {timings[k] / 60:.1f}" for k in sorted(timings, key=lambda k: (
+            order.index(k) if k in order else len(order), k)))
         if "eval" in timings:
             lines += ["", f"Wall time of the measured run: {sum(timings.values()) / 60:.1f} min ({parts} min)."]
         else:
@@ -190,7 +192,7 @@ def render(results: dict) -> str:
                       f"({parts} min)" + (f" + {sum(timed) / 60:.1f} min evaluating the {len(timed)} of "
                                           f"{len(rows)} rows whose evaluation was timed" if timed else "") + "."]
     lines += ["", "## Models", "", *MODELS, "", "## Setup", ""]
-    lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else _fmt(v)}"
+    lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else fmt(v)}"
               for k, v in sorted(meta.items())]
     return "\n".join(lines) + "\n"
 
