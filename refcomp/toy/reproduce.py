@@ -4,8 +4,10 @@ Steps, each skipped when its output exists (a killed run picks up where it stopp
   encoders  -> parts/{text,clip,dino}.safetensors        (brief attribute pretraining)
   backbone  -> parts/backbone.safetensors                (caption-conditioned rectified flow)
   data      -> data/train/manifest.jsonl (+ an α = 0.5 copy for the ablation)
-  stages    -> runs/<variant>/stage<k>/refcomp-stage<k>.safetensors, via the real trainer
-               (`training.train.main`) on the YAML files in configs/:
+  stages    -> data/cache/ (the frozen encoders' features, once), then
+               runs/<variant>/stage<k>/refcomp-stage<k>.safetensors, via the real trainer
+               (`training.train.main`) on the YAML files in configs/, in `stage_jobs` parallel
+               single-thread lanes (lanes.py):
                main (α from stage 1), alpha2 (α from stage 2), frozen (every α = 0.5;
                shares alpha2's stage 1, where α is untrained and so exactly 0.5), noroute (the
                plan as written: no routing prior, stages 1-2)

@@ -55,3 +55,47 @@ def test_a_failing_lane_stops_the_others(tmp_path):
     with pytest.raises(RuntimeError, match="toy-lane-bad exited"):
         run_lanes([["bad"], ["slow"]], partial(record, str(tmp_path)))
     assert time.perf_counter() - start < 50 and not (tmp_path / "slow").exists()
+
+
+LANE_HELPER = '''
+import os, sys, time
+from functools import partial
+from refcomp.toy.lanes import run_lanes
+
+def slow(folder, variants):
+    with open(os.path.join(folder, variants[0]), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    run_lanes([["one"], ["two"]], partial(slow, sys.argv[1]))
+'''
+
+
+@pytest.mark.integration
+def test_lane_processes_die_with_a_killed_parent(tmp_path):
+    """A killed `refcomp toy reproduce` must not leave trainers writing behind its rerun."""
+    import signal
+    import subprocess
+    import sys
+    (tmp_path / "lane_helper.py").write_text(LANE_HELPER)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "lane_helper.py"), str(tmp_path)],
+                              env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((tmp_path / "one").exists() and (tmp_path / "two").exists()):
+        time.sleep(0.2)
+    pids = [int((tmp_path / v).read_text()) for v in ("one", "two")]
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"      # a zombie has exited
+        except FileNotFoundError:
+            return False
+
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids), "a lane outlived its killed parent"
