@@ -5,18 +5,15 @@
 // layout v1 JSON (normalized boxes) exists only at the load/serialize edges.
 // Boxes later in the list are drawn on top of earlier ones.
 
+import { clone, cloneInstance, instancesFromBoundingBoxes, layoutToJSON, parseLayout } from "./layout_codec.js";
 import {
-  TOKEN_PX, copyRect, fitRect, moveRect, rectFromDrag, rectFromPoints, rectPart, rectsEqual, resizeRect,
+  TOKEN_PX, copyRect, fitRect, moveRect, rectFromDrag, rectPart, rectsEqual, resizeRect,
 } from "./layout_geometry.js";
-import {
-  DEFAULT_MAX_INSTANCES, LAYOUT_VERSION, LayoutError, checkField, validateLayout,
-} from "./layout_validate.js";
+import { DEFAULT_MAX_INSTANCES, LayoutError, checkField, validateLayout } from "./layout_validate.js";
 
 export * from "./layout_geometry.js";
 export * from "./layout_validate.js";
 
-const KNOWN_TOP = new Set(["version", "width", "height", "instances"]);
-const KNOWN_INST = new Set(["box", "ref", "caption", "depth", "alpha"]);
 const FIELDS = ["ref", "caption", "depth", "alpha"];
 const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
 
@@ -24,18 +21,11 @@ const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], Arrow
  * @typedef {import("./layout_geometry.js").Rect} Rect
  * @typedef {import("./layout_geometry.js").Point} Point
  * @typedef {import("./layout_validate.js").LayoutIssue} LayoutIssue
- * @typedef {{rect: Rect, ref: any, caption: any, depth: any, alpha: any, extra: Record<string, any>}} Instance
- *   rect in image px; extra holds unknown keys, written back unchanged.
+ * @typedef {import("./layout_codec.js").Instance} Instance
  * @typedef {{width: number, height: number, instances: Instance[], selected: number, extra: Record<string, any>}} Snapshot
  * @typedef {"draw"|"move"|"resize"} GestureKind
  * @typedef {(reason: string) => void} Listener
  */
-
-/** @template T @param {T} v @returns {T} */
-const clone = (v) => (v === undefined ? v : JSON.parse(JSON.stringify(v)));
-
-/** @param {Instance} inst @returns {Instance} */
-const cloneInstance = (inst) => ({ ...clone(inst), rect: copyRect(inst.rect) });
 
 export class LayoutState {
   /**
@@ -95,32 +85,10 @@ export class LayoutState {
    * @param {string|object|null|undefined} json @param {{keepHistory?: boolean}} [opts]
    */
   load(json, { keepHistory = true } = {}) {
-    let obj = json;
-    if (typeof json === "string") {
-      if (!json.trim()) obj = null;
-      else {
-        try { obj = JSON.parse(json); } catch (e) {
-          throw new LayoutError(`layout is not valid JSON: ${/** @type {Error} */ (e).message}`, null, "layout");
-        }
-      }
-    }
-    if (obj === null || obj === undefined) obj = { version: LAYOUT_VERSION, instances: [] };
-    if (typeof obj !== "object" || Array.isArray(obj)) throw new LayoutError("layout must be a JSON object", null, "layout");
-    const o = /** @type {Record<string, any>} */ (obj);
-    if (o.version !== LAYOUT_VERSION) {
-      throw new LayoutError(`unknown layout version ${JSON.stringify(o.version)}; expected ${LAYOUT_VERSION}`, null, "version");
-    }
-    const width = Number.isInteger(o.width) && o.width > 0 ? o.width : this.width;
-    const height = Number.isInteger(o.height) && o.height > 0 ? o.height : this.height;
-    const list = o.instances ?? [];
-    if (!Array.isArray(list)) throw new LayoutError("instances must be a list", null, "instances");
-    const instances = list.map((raw, i) => parseInstance(raw, i, width, height));
+    const doc = parseLayout(json, this);
     if (keepHistory) this._checkpoint();
     else { this._undo = []; this._redo = []; }
-    this.width = width;
-    this.height = height;
-    this.instances = instances;
-    this.extra = Object.fromEntries(Object.entries(o).filter(([k]) => !KNOWN_TOP.has(k)).map(([k, v]) => [k, clone(v)]));
+    Object.assign(this, doc);
     this.selected = -1;
     this._gesture = null;
     this._emit("load");
@@ -128,16 +96,7 @@ export class LayoutState {
 
   /** Layout v1 object: normalized boxes, unknown keys kept. @returns {Record<string, any>} */
   toJSON() {
-    const instances = this.instances.map((inst) => ({
-      box: [inst.rect.x0 / this.width, inst.rect.y0 / this.height, inst.rect.x1 / this.width, inst.rect.y1 / this.height]
-        .map(roundNorm),
-      ref: inst.ref ?? null,
-      caption: inst.caption ?? null,
-      depth: inst.depth ?? null,
-      alpha: inst.alpha ?? null,
-      ...clone(inst.extra),
-    }));
-    return { version: LAYOUT_VERSION, width: this.width, height: this.height, instances, ...clone(this.extra) };
+    return layoutToJSON(this);
   }
 
   /** @returns {string} */
@@ -418,16 +377,7 @@ export class LayoutState {
    * @param {any} boxes @param {{replace?: boolean}} [opts] @returns {number} boxes added
    */
   importBoundingBoxes(boxes, { replace = false } = {}) {
-    const list = Array.isArray(boxes) ? boxes : boxes?.__value__;
-    if (!Array.isArray(list)) throw new LayoutError("BOUNDING_BOXES must be a list", null, "instances");
-    const parsed = list.map((b, i) => {
-      const nums = [b?.x, b?.y, b?.width, b?.height];
-      if (!nums.every((v) => typeof v === "number" && Number.isFinite(v))) {
-        throw new LayoutError(`bounding box ${i} needs numeric x, y, width, height`, i, "box");
-      }
-      return /** @type {Instance} */ ({ ...fieldsFromMetadata(b.metadata),
-        rect: fitRect({ x0: b.x, y0: b.y, x1: b.x + b.width, y1: b.y + b.height }, this.bounds) });
-    });
+    const parsed = instancesFromBoundingBoxes(boxes, this.bounds);
     this._checkpoint();
     if (replace) { this.instances = []; this.selected = -1; }
     const room = Math.max(0, this.maxInstances - this.instances.length);
@@ -495,43 +445,4 @@ export class LayoutState {
   }
 
   get gestureActive() { return this._gesture !== null; }
-}
-
-/**
- * Round a normalized coordinate to 12 decimals: removes px→norm float noise
- * (0.9499999999999998 → 0.95) so a load/save round trip is exact; the change is
- * below 1e-8 px for any image size.
- * @param {number} v
- */
-function roundNorm(v) {
-  return Math.round(v * 1e12) / 1e12;
-}
-
-/**
- * @param {any} raw @param {number} i @param {number} width @param {number} height @returns {Instance}
- */
-function parseInstance(raw, i, width, height) {
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
-    throw new LayoutError(`instance ${i} must be a JSON object`, i, "instance");
-  }
-  const box = raw.box;
-  if (!Array.isArray(box) || box.length !== 4 || !box.every((v) => typeof v === "number" && Number.isFinite(v))) {
-    throw new LayoutError(`instance ${i}, box: must be four finite numbers [x0, y0, x1, y1]`, i, "box");
-  }
-  const rect = rectFromPoints({ x: box[0] * width, y: box[1] * height }, { x: box[2] * width, y: box[3] * height });
-  const extra = Object.fromEntries(Object.entries(raw).filter(([k]) => !KNOWN_INST.has(k)).map(([k, v]) => [k, clone(v)]));
-  return { rect, ref: raw.ref ?? null, caption: raw.caption ?? null, depth: raw.depth ?? null, alpha: raw.alpha ?? null, extra };
-}
-
-/** @param {any} meta @returns {Omit<Instance, "rect">} */
-function fieldsFromMetadata(meta) {
-  const out = { ref: null, caption: "", depth: null, alpha: null, extra: /** @type {Record<string, any>} */ ({}) };
-  if (typeof meta === "string") out.caption = meta;
-  else if (meta && typeof meta === "object") {
-    const text = meta.caption ?? meta.label ?? meta.text;
-    if (typeof text === "string") out.caption = text;
-    if (checkField("depth", meta.depth) === null && meta.depth != null) out.depth = meta.depth;
-    out.extra.metadata = clone(meta);
-  } else if (meta !== undefined && meta !== null) out.extra.metadata = clone(meta);
-  return out;
 }
