@@ -108,6 +108,7 @@ class LossConfig:
     box_temperature: float = 0.1
     rpl_weight: float = 0.01         # region preservation (XVerse used 10; the plan 0.01)
     route_weight: float = 0.0        # α routing prior toward the depth label; 0 = the plan (bench/TOY.md)
+    route_fg_target: float = 1.0     # the prior's α target for fg-labelled instances (mg/bg: 0), in (0.5, 1]
     rpl_drop_prob: float = 0.5
     aux_every: int = 1               # run identity/box losses every N steps ...
     aux_max_sigma: float = 1.0       # ... and only on rows with sigma <= this (small t)
@@ -116,6 +117,9 @@ class LossConfig:
         for name in ("identity_weight", "box_weight", "rpl_weight", "route_weight", "logit_std", "box_temperature"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.5 < self.route_fg_target <= 1.0:
+            raise ValueError(f"loss.route_fg_target must be in (0.5, 1] (fg instances stay routed FG), "
+                             f"got {self.route_fg_target}")
         if not 0.0 <= self.rpl_drop_prob <= 1.0 or not 0.0 < self.aux_max_sigma <= 1.0 or self.aux_every < 1:
             raise ValueError("loss.rpl_drop_prob must be in [0, 1], loss.aux_max_sigma in (0, 1], "
                              "loss.aux_every >= 1")

@@ -60,8 +60,10 @@ def identity_loss(crop_cls: torch.Tensor, ref_cls: torch.Tensor, alpha: torch.Te
     return (alpha.detach().float() * (1 - cos)).mean()
 
 
-def route_loss(alpha: torch.Tensor, is_fg: torch.Tensor) -> torch.Tensor:
-    """Routing prior: binary cross-entropy of α toward the depth label (fg -> 1, mg/bg -> 0).
+def route_loss(alpha: torch.Tensor, is_fg: torch.Tensor, fg_target: float = 1.0) -> torch.Tensor:
+    """Routing prior: binary cross-entropy of α toward the depth label (fg -> `fg_target`,
+    mg/bg -> 0). A soft `fg_target` (in (0.5, 1]) keeps FG instances routed FG while leaving
+    them (1 − fg_target) of the layout path's instance token, which α scales.
 
     The image alone gives α no reason to split FG from BG: in stage 1 only the (1 − α)
     layout path exists, and the discrete routing means an instance below 0.5 never feels
@@ -70,7 +72,7 @@ def route_loss(alpha: torch.Tensor, is_fg: torch.Tensor) -> torch.Tensor:
     alpha, is_fg: (m,) -> ()"""
     if alpha.shape[0] == 0:
         return alpha.new_zeros(()).float()
-    return F.binary_cross_entropy(alpha.float().clamp(1e-6, 1 - 1e-6), is_fg.float())
+    return F.binary_cross_entropy(alpha.float().clamp(1e-6, 1 - 1e-6), is_fg.float() * fg_target)
 
 
 def soft_centroid(ref: torch.Tensor, patches: torch.Tensor, xy: torch.Tensor, temperature: float) -> torch.Tensor:

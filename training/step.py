@@ -68,7 +68,7 @@ class TrainModel(nn.Module):
         if (lc.identity_weight > 0 or lc.box_weight > 0) and step % lc.aux_every == 0:
             terms.update(aux_losses(fz, batch, x_t, pred, sigma, states, lc))
         if lc.route_weight > 0:
-            terms["route"] = L.route_loss(*routed_alpha(batch, states, x0.device))
+            terms["route"] = L.route_loss(*routed_alpha(batch, states, x0.device), fg_target=lc.route_fg_target)
         weights = {"flow": 1.0, "rpl": lc.rpl_weight, "identity": lc.identity_weight, "box": lc.box_weight,
                    "route": lc.route_weight}
         total = sum(weights[k] * v for k, v in terms.items())

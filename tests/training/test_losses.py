@@ -1,6 +1,7 @@
 """Each loss tested for what it means (DESIGN §6), not only that it runs."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from refcomp_core import TokenGrid
@@ -113,6 +114,16 @@ def test_route_loss_is_binary_cross_entropy_toward_the_depth_label():
     expected = -(torch.log(torch.tensor(0.9)) + torch.log(torch.tensor(0.8)) + torch.log(torch.tensor(0.5))) / 3
     assert torch.allclose(L.route_loss(alpha, fg), expected)
     assert L.route_loss(torch.zeros(0), torch.zeros(0)) == 0
+
+
+def test_a_soft_fg_target_is_where_the_route_loss_is_flat():
+    """With fg_target 0.7, fg α is pulled to 0.7 (not 1) and bg α still to 0."""
+    alpha = torch.tensor([0.7, 0.95, 0.3], requires_grad=True)
+    L.route_loss(alpha, torch.tensor([1.0, 1.0, 0.0]), fg_target=0.7).backward()
+    assert abs(float(alpha.grad[0])) < 1e-6 and float(alpha.grad[1]) > 0 and float(alpha.grad[2]) > 0
+    from training.config import LossConfig
+    with pytest.raises(ValueError, match="route_fg_target"):
+        LossConfig(route_fg_target=0.5)
 
 
 def test_route_prior_splits_alpha_by_depth_and_ignores_overrides_and_caption_only():
