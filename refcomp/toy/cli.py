@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
                                                                    "(repeat to compare several)")
     v.add_argument("--count", type=int, default=48, help="validation layouts (default 48)")
     v.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    v.add_argument("--alpha", type=float, default=None, help="hold every instance's α at this value "
+                                                            "(for adapters trained with α frozen)")
     return p
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             from .validate import validate
             if args.count < 1 or args.steps < 1:
                 raise ValueError("--count and --steps must be >= 1")
-            print(validate(args.parts, args.adapter, count=args.count, steps=args.steps), end="")
+            print(validate(args.parts, args.adapter, count=args.count, steps=args.steps, alpha=args.alpha), end="")
         else:
             import torch
 

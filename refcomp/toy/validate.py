@@ -15,8 +15,11 @@ from .sample import SampleConfig
 
 
 def validate(parts_dir: str, adapters: list[str], *, count: int = 48, steps: int = 20,
-             cfg_scale: float = 3.0) -> str:
-    """-> a markdown table: captions only, then each adapter file, on `count` validation layouts."""
+             cfg_scale: float = 3.0, alpha: float | None = None) -> str:
+    """-> a markdown table: captions only, then each adapter file, on `count` validation layouts.
+    `alpha` holds every instance's α at that value (how the frozen-α ablation is sampled)."""
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"refcomp toy validate: --alpha must be in [0, 1], got {alpha}")
     for path in [parts_dir, *adapters]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"refcomp toy validate: {path} does not exist; give a run's parts folder "
@@ -26,10 +29,10 @@ def validate(parts_dir: str, adapters: list[str], *, count: int = 48, steps: int
     scenes = validation_scenes(count)
     rows = [("captions only", evaluate_row(parts, None, ecfg, scenes=scenes, desc="captions only")[0])]
     for path in adapters:
-        rows.append((path, evaluate_row(parts, parts.load_adapter(path), ecfg, scenes=scenes,
+        rows.append((path, evaluate_row(parts, parts.load_adapter(path), ecfg, alpha=alpha, scenes=scenes,
                                         desc=os.path.basename(path))[0]))
     lines = [f"Validation layouts: {count} (train split from scene {VALIDATION_START:,}, never trained on), "
-             f"{steps} Euler steps, CFG {cfg_scale}", "",
+             f"{steps} Euler steps, CFG {cfg_scale}" + (f", every α held at {alpha}" if alpha is not None else ""), "",
              "| adapter | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     lines += [f"| {name} | " + " | ".join(fmt(row.get(k)) for k, _ in COLUMNS) + " |" for name, row in rows]
     return "\n".join(lines) + "\n"

@@ -25,8 +25,9 @@ def test_validation_layouts_are_neither_training_nor_held_out_layouts():
 def test_validate_prints_one_row_per_adapter(capsys):
     adapter = os.path.join(BUNDLED_WEIGHTS, ADAPTER_FILE)
     assert main(["validate", "--parts", BUNDLED_WEIGHTS, "--adapter", adapter, "--count", "2",
-                 "--steps", "2"]) == 0
+                 "--steps", "2", "--alpha", "0.5"]) == 0
     out = capsys.readouterr().out
+    assert "every α held at 0.5" in out.splitlines()[0]
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| adapter", "| captions only", f"| {adapter}"]
     assert all(len(r.split(" | ")) == 8 for r in rows)
@@ -35,3 +36,8 @@ def test_validate_prints_one_row_per_adapter(capsys):
 def test_validate_names_a_missing_file(tmp_path, caplog):
     assert main(["validate", "--parts", BUNDLED_WEIGHTS, "--adapter", str(tmp_path / "nope.safetensors")]) == 2
     assert "nope.safetensors does not exist" in caplog.text and "--adapter" in caplog.text
+
+
+def test_validate_refuses_an_alpha_outside_zero_one(caplog):
+    assert main(["validate", "--parts", BUNDLED_WEIGHTS, "--alpha", "1.5"]) == 2
+    assert "--alpha must be in [0, 1], got 1.5" in caplog.text
