@@ -67,15 +67,16 @@ class TrainModel(nn.Module):
             terms["rpl"] = self.region_preservation(fz, batch, x_t, sigma, generator)
         if (lc.identity_weight > 0 or lc.box_weight > 0) and step % lc.aux_every == 0:
             terms.update(aux_losses(fz, batch, x_t, pred, sigma, states, lc))
+        alpha, is_fg, predicted = labelled_alpha(batch, states, x0.device)
         if lc.route_weight > 0:
-            terms["route"] = L.route_loss(*routed_alpha(batch, states, x0.device), fg_target=lc.route_fg_target)
+            terms["route"] = L.route_loss(alpha[predicted], is_fg[predicted], fg_target=lc.route_fg_target)
         weights = {"flow": 1.0, "rpl": lc.rpl_weight, "identity": lc.identity_weight, "box": lc.box_weight,
                    "route": lc.route_weight}
         total = sum(weights[k] * v for k, v in terms.items())
         grad_path = bool(total.requires_grad)
         if not grad_path:          # e.g. stage 3 on a batch without FG: nothing trainable was used
             total = total + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-        return {"loss": total, **terms, **alpha_stats(batch, states, x0.device),
+        return {"loss": total, **terms, **alpha_stats(alpha, is_fg),
                 "grad_path": torch.tensor(float(grad_path), device=x0.device)}
 
     def region_preservation(self, fz: Frozen, batch: Batch, x_t: torch.Tensor, sigma: torch.Tensor,
@@ -111,30 +112,34 @@ def fp32_state(adapter: RefCompAdapter, layout, features: InstanceFeatures):
         return build_state(adapter, layout, features)
 
 
-def labelled_alpha(batch: Batch, states: list, device: torch.device, *, predicted_only: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """α of instances with a reference and a depth label (with `predicted_only`, also no
-    manual override), and whether each is labelled fg.  -> alpha (m,), is_fg (m,) float"""
-    alphas, fg = [], []
+def labelled_alpha(batch: Batch, states: list, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """α of the instances with a reference and a depth label, in one gather per layout.
+    -> alpha (m,), is_fg (m,) float, predicted (m,) bool: no manual override (what the
+    routing prior trains)"""
+    alphas, fg, predicted = [], [], []
     for lay, st in zip(batch.layouts, states):
-        keep = [i for i, inst in enumerate(lay.instances) if inst.ref is not None and inst.depth is not None
-                and not (predicted_only and inst.alpha is not None)]
+        keep = [i for i, inst in enumerate(lay.instances) if inst.ref is not None and inst.depth is not None]
         if keep:
             alphas.append(st.alpha[torch.tensor(keep, device=st.alpha.device)])
             fg += [lay.instances[i].depth == "fg" for i in keep]
+            predicted += [lay.instances[i].alpha is None for i in keep]
     if not alphas:
-        return torch.zeros(0, device=device), torch.zeros(0, device=device)
+        empty = torch.zeros(0, device=device)
+        return empty, empty, empty.bool()
     alpha = torch.cat(alphas).float()
-    return alpha, torch.tensor(fg, dtype=torch.float32, device=alpha.device)
+    return (alpha, torch.tensor(fg, dtype=torch.float32, device=alpha.device),
+            torch.tensor(predicted, dtype=torch.bool, device=alpha.device))
 
 
 def routed_alpha(batch: Batch, states: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """What the routing prior sees: predicted α (no manual override) and the fg label."""
-    return labelled_alpha(batch, states, device, predicted_only=True)
+    alpha, is_fg, predicted = labelled_alpha(batch, states, device)
+    return alpha[predicted], is_fg[predicted]
 
 
-def alpha_stats(batch: Batch, states: list, device: torch.device) -> dict[str, torch.Tensor]:
-    """α of instances labelled fg vs mg/bg in the manifest (detached, for logging)."""
-    alpha, is_fg = labelled_alpha(batch, states, device)
+def alpha_stats(alpha: torch.Tensor, is_fg: torch.Tensor) -> dict[str, torch.Tensor]:
+    """α of instances labelled fg vs mg/bg in the manifest (detached, for logging).
+    alpha, is_fg: (m,) from `labelled_alpha`"""
     alpha, is_fg = alpha.detach(), is_fg.bool()
     return {"alpha_fg": alpha[is_fg], "alpha_bg": alpha[~is_fg]}

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -57,6 +58,7 @@ def alpha_steps(run_dir: str) -> dict:
 
 ROW_FILES = {"stage1": ("main", 1), "stage2": ("main", 2), "stage3": ("main", 3), "no_bridge": ("main", 3),
              "alpha_frozen": ("frozen", 3), "alpha2_stage3": ("alpha2", 3), "noroute_stage2": ("noroute", 2)}
+ROW_OPTIONS = {"no_bridge": {"edit": no_bridge}, "alpha_frozen": {"alpha": 0.5}}     # how a row differs from its file
 
 
 def through_codec(img: np.ndarray) -> np.ndarray:
@@ -108,25 +110,21 @@ def step_eval(cfg: ReproduceConfig, timings: dict[str, float]) -> dict:
         "codec_truth": lambda: summarize([s for sc in scenes for s in score_image(through_codec(sc.render()),
                                                                                    sc.layout())]),
         "captions_only": lambda: evaluate_row(parts, None, ecfg, scenes=scenes, desc="captions only")[0]}
-    def row(variant: str, stage: int, desc: str, *, alpha: float | None = None, edit=lambda a: a):
-        return lambda: evaluate_row(parts, edit(parts.load_adapter(stage_path(cfg.run_dir, variant, stage))), ecfg,
-                                    alpha=alpha, scenes=scenes, desc=desc)[0]
 
-    if "main" in cfg.variants:
-        rows.update({f"stage{k}": row("main", k, f"stage {k}") for k in (1, 2, 3)})
-        rows["no_bridge"] = row("main", 3, "no bridge", edit=no_bridge)
-    if "alpha2" in cfg.variants:
-        rows["alpha2_stage3"] = row("alpha2", 3, "alpha2 stage 3")
-    if "noroute" in cfg.variants:
-        rows["noroute_stage2"] = row("noroute", 2, "no routing prior")
-    if "frozen" in cfg.variants:
-        rows["alpha_frozen"] = row("frozen", 3, "alpha frozen", alpha=0.5)
+    def adapter_row(name: str) -> dict:
+        variant, stage = ROW_FILES[name]
+        opts = ROW_OPTIONS.get(name, {})
+        adapter = opts.get("edit", lambda a: a)(parts.load_adapter(stage_path(cfg.run_dir, variant, stage)))
+        return evaluate_row(parts, adapter, ecfg, alpha=opts.get("alpha"), scenes=scenes,
+                            desc=name.replace("_", " "))[0]
+
+    rows.update({name: partial(adapter_row, name) for name, (variant, _) in ROW_FILES.items()
+                 if variant in cfg.variants})
     sources = {name: _fingerprint(cfg, name) for name in rows}
     for name, fn in rows.items():
         if results["rows"].get(name, {}).get("source") != sources[name]:       # new or retrained: (re)measure
             began = time.perf_counter()
-            row = fn()
-            results["rows"][name] = {**row, "source": sources[name], "seconds": round(time.perf_counter() - began, 1)}
+            results["rows"][name] = {**fn(), "source": sources[name], "seconds": round(time.perf_counter() - began, 1)}
             measured = True
             _save(path, results)
     for variant, key in (("main", "from_stage1"), ("alpha2", "from_stage2"), ("noroute", "noroute")):

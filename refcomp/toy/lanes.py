@@ -68,14 +68,13 @@ def run_lanes(lanes: list[list[str]], train_lane: Callable[[list[str]], None]) -
         p.start()
         log.info("toy: lane %s started (pid %d, 1 torch thread)", p.name, p.pid)
     try:
-        while any(p.is_alive() for p in procs):
-            failed = [p for p in procs if p.exitcode not in (None, 0)]
+        while True:
+            failed = next((p for p in procs if p.exitcode not in (None, 0)), None)   # None: still running
             if failed:
-                raise RuntimeError(f"{failed[0].name} exited with code {failed[0].exitcode}; see its log above")
+                raise RuntimeError(f"{failed.name} exited with code {failed.exitcode}; see its log above")
+            if all(p.exitcode == 0 for p in procs):
+                return
             time.sleep(1.0)
-        failed = [p for p in procs if p.exitcode != 0]
-        if failed:
-            raise RuntimeError(f"{failed[0].name} exited with code {failed[0].exitcode}; see its log above")
     finally:
         for p in procs:
             if p.is_alive():

@@ -13,8 +13,8 @@ Axis letters: b batch, N tokens, C channels, H W pixels.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable

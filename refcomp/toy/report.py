@@ -48,6 +48,17 @@ def fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def table_head(first: str) -> list[str]:
+    """Header and rule of a markdown table with the COLUMNS after a `first` column."""
+    return [f"| {first} | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+
+
+def table_row(name: str, row: dict | None) -> str:
+    """One measured row under `table_head` ("not run" when missing)."""
+    cells = [fmt(row.get(k)) for k, _ in COLUMNS] if row else ["not run"] + [""] * (len(COLUMNS) - 1)
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
 def _quarters(rows: list[dict], key: str) -> str:
     """Means of `key` over four consecutive quarters of `rows`, joined by arrows."""
     vals = [r[key] for r in rows if r.get(key) is not None]
@@ -141,13 +152,9 @@ def render(results: dict) -> str:
              "IoU of its bounding box with the layout box. FG = instances labelled `fg`, BG = `mg` + `bg`. "
              "Identity (FG only): colour class, stretched-silhouette shape and texture of the blob best matching "
              "the box, against the reference's truth.", "",
-             "| row | " + " | ".join(c for _, c in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
+             *table_head("row")]
     rows = results.get("rows", {})
-    for key, label in ROWS:
-        row = rows.get(key)
-        cells = [fmt(row.get(k)) for k, _ in COLUMNS] if row else ["not run"] + [""] * (len(COLUMNS) - 1)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [table_row(label, rows.get(key)) for key, label in ROWS]
     truth, coded = rows.get("ground_truth"), rows.get("codec_truth")
     if truth:
         lines += ["", "Evaluator ceiling (the generator's own renders of the same layouts): "
@@ -180,17 +187,11 @@ def render(results: dict) -> str:
             skipped = sum(int(r.get("nograd_skipped", 0)) for r in logged)
             lines.append(f"| {key} | {len(logged)} | {fg} | {bg} | {skipped} |")
     timings = meta.get("timings_s", {})
-    timed = [r["seconds"] for r in rows.values() if "seconds" in r]
     if timings:
         order = ["encoders", "backbone", "data", "stages", "eval"]
         parts = ", ".join(f"{k} {timings[k] / 60:.1f}" for k in sorted(timings, key=lambda k: (
             order.index(k) if k in order else len(order), k)))
-        if "eval" in timings:
-            lines += ["", f"Wall time of the measured run: {sum(timings.values()) / 60:.1f} min ({parts} min)."]
-        else:
-            lines += ["", f"Wall time of the measured run: {sum(timings.values()) / 60:.1f} min of training steps "
-                      f"({parts} min)" + (f" + {sum(timed) / 60:.1f} min evaluating the {len(timed)} of "
-                                          f"{len(rows)} rows whose evaluation was timed" if timed else "") + "."]
+        lines += ["", f"Wall time of the measured run: {sum(timings.values()) / 60:.1f} min ({parts} min)."]
     lines += ["", "## Models", "", *MODELS, "", "## Setup", ""]
     lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else fmt(v)}"
               for k, v in sorted(meta.items())]

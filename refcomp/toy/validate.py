@@ -10,7 +10,7 @@ import os
 
 from .bench import VALIDATION_START, EvalConfig, evaluate_row, validation_scenes
 from .parts import load_parts
-from .report import COLUMNS, fmt
+from .report import table_head, table_row
 from .sample import SampleConfig
 
 
@@ -33,6 +33,6 @@ def validate(parts_dir: str, adapters: list[str], *, count: int = 48, steps: int
                                         desc=os.path.basename(path))[0]))
     lines = [f"Validation layouts: {count} (train split from scene {VALIDATION_START:,}, never trained on), "
              f"{steps} Euler steps, CFG {cfg_scale}" + (f", every α held at {alpha}" if alpha is not None else ""), "",
-             "| adapter | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-    lines += [f"| {name} | " + " | ".join(fmt(row.get(k)) for k, _ in COLUMNS) + " |" for name, row in rows]
+             *table_head("adapter")]
+    lines += [table_row(name, row) for name, row in rows]
     return "\n".join(lines) + "\n"
