@@ -8,7 +8,7 @@ averaged per token over overlapping boxes.
 - per-instance (the peer): every box projects its own tokens with q/k/v, and every
   box-token goes through the out-projection (sum of box tokens ~ 5x the image at 50 boxes).
   The instance tokens' own projections are batched over the boxes (a favour to the peer).
-- ours (`refcomp_core.blocks.double._assemble`): reuses the joint attention's base
+- ours (`refcomp_core.pathways.assemble.AssembleAttn`): reuses the joint attention's base
   q/k/v (computed anyway, so not timed), adds only the LoRA deltas on covered tokens,
   loops attention per box and runs the out-projection once per covered token.
 
@@ -26,18 +26,18 @@ import logging
 import torch
 
 from common import block_bench, box_tokens, report, time_interleaved
-from refcomp_core.blocks.assemble import lora_add, prepare_heads
 from refcomp_core.blocks.attention import attention, split_heads
-from refcomp_core.blocks.double import BlockCall, _assemble, fg_conditioning
-from refcomp_core.blocks.token_mod import token_mod
 from refcomp_core.blocks.views import DoubleBlockView
+from refcomp_core.pathways.assemble import AssembleAttn, lora_add, prepare_heads
+from refcomp_core.pathways.base import DoubleContext, JointAttention
+from refcomp_core.pathways.token_mod import FgModulation, token_mod
 from refcomp_core.rope import Rope
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 
-def instance_inputs(view: DoubleBlockView, call: BlockCall, txt_base: Tensor, txt_y: Tensor | None,
+def instance_inputs(view: DoubleBlockView, call: AssembleAttn, txt_base: Tensor, txt_y: Tensor | None,
                     b: int) -> Tensor:
     """The instance tokens after the text-stream AdaLN (mod(y_i) for FG, the base for BG).  -> (b, n, D)"""
     st = call.state
@@ -49,7 +49,7 @@ def instance_inputs(view: DoubleBlockView, call: BlockCall, txt_base: Tensor, tx
     return view.txt_norm1(lt) * (1 + mods[..., d:2 * d]) + mods[..., :d]
 
 
-def per_instance_branch(view: DoubleBlockView, call: BlockCall, xm: Tensor, img_rope: Rope, ln: Tensor,
+def per_instance_branch(view: DoubleBlockView, call: AssembleAttn, xm: Tensor, img_rope: Rope, ln: Tensor,
                         boxes: list[Tensor]) -> Tensor:
     """InstanceAssemble-style: each box projects its own tokens.  xm: (b, N, D), ln: (b, n, D),
     boxes[i]: (t_i,) image token indices of box i -> (b, N, D) (the branch output averaged over the
@@ -81,21 +81,23 @@ def main(argv: list[str] | None = None) -> None:
     img_rope = rope[dims.text:]
     L = dims.text
     for n in args.boxes:
-        state, call = b.call_for(n)
+        state, block_call = b.call_for(n)
+        call = block_call.assemble
         boxes = [call.index.asm_cov[p] for p in call.index.asm_pos]          # per-run index lists, not timed
+        mod = next((p for p in block_call.pathways if isinstance(p, FgModulation)), None)
+        ctx = DoubleContext(view=view, vec=vec, rope=rope, txt_len=L)
         with torch.inference_mode():
             # inputs both branches share: the per-token modulated image input and the text AdaLN
-            y = fg_conditioning(call, vec)
-            img_mod, _, _ = token_mod(view.img_mod, vec, y, call.index.mod_cov, call.index.mod_w, 6)
-            _, txt_base, _ = token_mod(view.txt_mod, vec, None, None, None, 6)
-            txt_y = view.txt_mod(y) if y is not None else None
+            img_mod = token_mod(view.img_mod, vec, mod.img_modulation(ctx) if mod else None)
+            ctx.txt_base = txt_base = token_mod(view.txt_mod, vec, None).base
+            txt_y = view.txt_mod(ctx.fg_y) if ctx.fg_y is not None else None
             xm = img_mod.modulate(view.img_norm1(img), 0, 1)
-            base_qkv = view.img_qkv(xm)                         # the joint attention's, computed anyway
+            joint = JointAttention(xm, *view.img_qkv(xm))      # the joint attention's, computed anyway
             ln = instance_inputs(view, call, txt_base, txt_y, 1)
-            ours = _assemble(view, call, xm, base_qkv, rope, L, txt_base, txt_y)
+            ours = call.beside_attention(ctx, joint)[1]
             peer = per_instance_branch(view, call, xm, img_rope, ln, boxes)[:, call.index.asm_cov]
             err = ((ours - peer).abs().max() / peer.abs().max()).item()
-        total, covered = box_tokens(state, call)
+        total, covered = box_tokens(state, block_call)
         log.info("%d boxes: %d box tokens (%.2fx the image), %d covered tokens, %d FG; "
                  "max |ours - per-instance| / max |per-instance| = %.1e", n, total, total / dims.grid ** 2,
                  covered, state.n_fg, err)
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         times = time_interleaved({
             "vanilla": lambda: block(img, txt, vec, diff_rope),
             "per_instance": lambda: per_instance_branch(view, call, xm, img_rope, ln, boxes),
-            "ours": lambda: _assemble(view, call, xm, base_qkv, rope, L, txt_base, txt_y),
+            "ours": lambda: call.beside_attention(ctx, joint),
         }, repeats=args.repeats, warmup=args.warmup, device=device)
         log.info("%d boxes, median times: %s", n, times.medians())
         report(f"per_instance/vanilla_block boxes={n}", times, "per_instance", "vanilla")

@@ -2,7 +2,7 @@
 
 Times three ways of attending within every [l_i ; box_i tokens] sequence, on the real
 box shapes of the §7 setting, with random normed q/k/v at FLUX width:
-- loop: one SDPA per box (`refcomp_core.blocks.assemble.per_instance_attention`, what we ship);
+- loop: one SDPA per box (`refcomp_core.pathways.assemble.per_instance_attention`, what we ship);
 - bucketed: boxes with equal token counts batched into one SDPA per length;
 - padded: every box padded to the longest with a key mask, one SDPA over all boxes.
 Two layouts: the seeded one (sides uniform 8-32 tokens, so lengths rarely repeat) and
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from common import add_arguments, make_adapter, make_call, make_state, report, seeded_boxes, setup, time_interleaved
-from refcomp_core.blocks.assemble import AssembleInputs, per_instance_attention
+from refcomp_core.pathways.assemble import AssembleInputs, per_instance_attention
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                  for c0, r0 in ((rng.randint(0, dims.grid - side), rng.randint(0, dims.grid - side))
                                 for _ in range(n))]
         for name, boxes in (("seeded", seeded_boxes(n, dims, args.seed + n)), (f"equal {side}x{side}", equal)):
-            idx = make_call(adapter, make_state(adapter, boxes, dims, args.seed), dims, device).index
+            idx = make_call(adapter, make_state(adapter, boxes, dims, args.seed), dims, device).assemble.index
             t, h, c = idx.asm_cov.numel(), dims.heads, dims.head_dim
             rand = lambda length: torch.randn(1, length, h, c, generator=g).to(device, dtype)   # noqa: E731
             x = AssembleInputs(q=rand(t), k=rand(t), v=rand(t), lk=rand(n), lv=rand(n), pos=idx.asm_pos,

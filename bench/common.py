@@ -21,7 +21,9 @@ import torch
 
 from refcomp_core import Controls, InstanceFeatures, RefCompAdapter, RefCompConfig, RefCompSession, TokenGrid
 from refcomp_core import build_state, parse_layout
-from refcomp_core.blocks import BlockCall
+from refcomp_core.pathways.assemble import AssembleAttn
+from refcomp_core.pathways.base import Pathway
+from refcomp_core.pathways.token_mod import FgModulation
 from refcomp_core.hosts.diffusers_flux import canonical_rope
 from refcomp_core.layout import TOKEN_PX
 from refcomp_core.rope import Rope
@@ -173,14 +175,35 @@ def make_state(adapter: RefCompAdapter, boxes: list[tuple[float, float, float, f
         return build_state(adapter, layout, feats)
 
 
+class BodyOnly(Pathway):
+    """A pathway that does nothing inside the block: the runner then runs our block math with
+    every pathway off (what "plain" measures)."""
+
+    inside = True
+
+
+@dataclass(frozen=True)
+class BlockCall:
+    """The active pathways of double block 0 for a batch of one row, and the Assemble-Attn one."""
+
+    pathways: list[Pathway]
+    assemble: AssembleAttn | None
+
+    @property
+    def index(self):
+        return next(p.index for p in self.pathways if isinstance(p, (AssembleAttn, FgModulation)))
+
+
 def make_call(adapter: RefCompAdapter, state: CompositionState, dims: BenchDims, device: torch.device, *,
               layout_on: bool = True, mod_on: bool = True) -> BlockCall:
-    """The BlockCall of double block 0 for a batch of one row."""
+    """The pathways of double block 0 for a batch of one row (switches drop a pathway)."""
     session = RefCompSession(adapter, state, Controls(layout_window=(0.0, 1.0)), axes_dim=dims.axes_dim)
-    call = session.call(state, TokenGrid(dims.grid, dims.grid), 0, (0, 1), device, double=True)
-    if call is None:
+    pathways = session.pathways(state, TokenGrid(dims.grid, dims.grid), 0, (0, 1), device, double=True)
+    if not pathways:
         raise ValueError("make_call: the session left block 0 vanilla; the state needs instances")
-    return replace(call, layout_on=layout_on, mod_on=mod_on and state.n_fg > 0)
+    keep = [p for p in pathways if (layout_on or not isinstance(p, AssembleAttn))
+            and (mod_on or not isinstance(p, FgModulation))]
+    return BlockCall(keep or [BodyOnly()], next((p for p in keep if isinstance(p, AssembleAttn)), None))
 
 
 @dataclass
@@ -223,7 +246,8 @@ def block_bench(description: str, argv: list[str] | None = None) -> BlockBench:
 
 def box_tokens(state: CompositionState, call: BlockCall) -> tuple[int, int]:
     """(sum of box tokens, covered tokens) of a call's index lists."""
-    return sum(int(p.numel()) for p in call.index.asm_pos), int(call.index.asm_cov.numel())
+    index = call.assemble.index
+    return sum(int(p.numel()) for p in index.asm_pos), int(index.asm_cov.numel())
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Timed in one process, interleaved, against the same block weights:
 - vanilla: `FluxTransformerBlock.forward`;
-- plain: `refcomp_core.blocks.double_block` with both pathways off (our block math alone);
+- plain: `refcomp_core.blocks.run_double` with both pathways off (our block math alone);
 - mod n: modulation pathway only (per-token AdaLN of n instances, about half FG; feedback bridge),
   i.e. a step outside the layout window;
 - full n: modulation + Assemble-Attn (a step inside the layout window).
@@ -21,7 +21,7 @@ import logging
 import torch
 
 from common import block_bench, box_tokens, make_call, report, report_value, time_interleaved
-from refcomp_core.blocks import double_block
+from refcomp_core.blocks import run_double
 from refcomp_core.controls import Controls
 
 log = logging.getLogger(__name__)
@@ -45,17 +45,17 @@ def main(argv: list[str] | None = None) -> None:
 
     with torch.inference_mode():
         want_txt, want_img = block(img, txt, vec, diff_rope)
-        got_img, got_txt, _ = double_block(view, img, txt, vec, rope, plain)
+        got_img, got_txt = run_double(view, img, txt, vec, rope, plain.pathways, vanilla=None)
         err = max(((got_img - want_img).abs().max() / want_img.abs().max()).item(),
                   ((got_txt - want_txt).abs().max() / want_txt.abs().max()).item())
-    log.info("plain double_block vs vanilla block: max relative difference %.1e", err)
+    log.info("plain run_double vs vanilla block: max relative difference %.1e", err)
     if err > (1e-3 if dtype == torch.float32 else 5e-2):
-        raise RuntimeError(f"double_block with both pathways off does not reproduce the vanilla block ({err:.2e})")
+        raise RuntimeError(f"run_double with both pathways off does not reproduce the vanilla block ({err:.2e})")
 
     fns = {"vanilla": lambda: block(img, txt, vec, diff_rope),
-           "plain": lambda: double_block(view, img, txt, vec, rope, plain)}
+           "plain": lambda: run_double(view, img, txt, vec, rope, plain.pathways, vanilla=None)}
     for name, call in calls.items():
-        fns[name] = lambda call=call: double_block(view, img, txt, vec, rope, call)
+        fns[name] = lambda call=call: run_double(view, img, txt, vec, rope, call.pathways, vanilla=None)
     times = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup, device=device)
     log.info("median times: %s", times.medians())
 

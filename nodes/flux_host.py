@@ -22,15 +22,15 @@ from typing import Any, Callable
 
 import torch
 
-from refcomp_core.blocks import double_block, single_block
+from refcomp_core.blocks import run_double, run_single
 from refcomp_core.controls import Controls
 from refcomp_core.geometry import TokenGrid
 from refcomp_core.layout import Layout
 from refcomp_core.session import RefCompSession
 from refcomp_core.state import CompositionState, InstanceFeatures, build_state
 
-from .flux_views import (ComfyFluxDims, canonical_rope, double_view, flux_dims, row_flags, sigma_to_percent,
-                         single_body, single_view, token_grid)
+from .flux_views import (ComfyFluxDims, canonical_rope, double_view, flux_dims, row_flags, schedule_step,
+                         sigma_to_percent, single_view, token_grid)
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,10 @@ class FluxComposition:
         flags = row_flags(x.shape[0], transformer_options.get("cond_or_uncond"), self.controls.apply_to_uncond)
         s = float(sigma.max()) if torch.is_tensor(sigma) else float(sigma)
         progress = sigma_to_percent(percent_to_sigma, s) if percent_to_sigma is not None else 0.0
+        step = schedule_step(transformer_options.get("sample_sigmas"), s)
         session = RefCompSession(self.adapter, [state if f else None for f in flags], self.controls,
                                  axes_dim=self.dims.axes_dim, theta=self.dims.theta, progress=progress,
+                                 step=step[0] if step else None, num_steps=step[1] if step else None,
                                  _centres=self._centres)
         return CallContext(owner=self.uid, session=session,
                            grid=token_grid(x.shape[-2], x.shape[-1], self.dims.patch_size))
@@ -165,10 +167,6 @@ def _rows(args: dict, start: int, stop: int, batch: int) -> dict:
     return out
 
 
-def _pe_rows(pe: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    return pe if pe.shape[0] == 1 else pe[start:stop]
-
-
 class DoubleBlockPatch:
     """Replacement for double block `index` (captured module)."""
 
@@ -189,22 +187,21 @@ class DoubleBlockPatch:
         if ctx is None or pe is None or not torch.is_tensor(vec) or vec.shape[0] != img.shape[0]:
             return original(args)
         session, b = ctx.session, img.shape[0]
-        calls = [(s, e, session.call(st, ctx.grid, self.index, (s, e), img.device, double=True))
+        calls = [(s, e, session.pathways(st, ctx.grid, self.index, (s, e), img.device, double=True))
                  for s, e, st in session.runs(b)]
-        if all(c is None for _, _, c in calls):
+        if not any(p for _, _, p in calls):
             return original(args)
         rope = canonical_rope(pe)
         imgs, txts = [], []
-        for s, e, call in calls:
-            if call is None:
+        for s, e, pathways in calls:
+            def vanilla(s=s, e=e):
                 out = original(_rows(args, s, e, b))
-                imgs.append(out["img"])
-                txts.append(out["txt"])
-            else:
-                im, tx, fb = double_block(self.view, img[s:e], txt[s:e], vec[s:e], rope.rows(s, e), call)
-                session.store_feedback((s, e), self.index, fb)
-                imgs.append(im)
-                txts.append(tx)
+                return out["img"], out["txt"]
+
+            im, tx = run_double(self.view, img[s:e], txt[s:e], vec[s:e], rope.rows(s, e), pathways, vanilla) \
+                if pathways else vanilla()
+            imgs.append(im)
+            txts.append(tx)
         return {"img": torch.cat(imgs), "txt": torch.cat(txts)}
 
 
@@ -230,15 +227,16 @@ class SingleBlockPatch:
         options = args.get("transformer_options") or {}
         txt_len = int(options["img_slice"][0])
         session, b = ctx.session, x.shape[0]
-        calls = [(s, e, session.call(st, ctx.grid, self.index, (s, e), x.device, double=False))
+        calls = [(s, e, session.pathways(st, ctx.grid, self.index, (s, e), x.device, double=False))
                  for s, e, st in session.runs(b)]
-        if all(c is None for _, _, c in calls):
+        if not any(p for _, _, p in calls):
             return original(args)
+        rope = canonical_rope(pe)
         outs = []
-        for s, e, call in calls:
-            if call is None:
-                outs.append(original(_rows(args, s, e, b))["img"])
-            else:
-                body = single_body(self.block, _pe_rows(pe, s, e), options)
-                outs.append(single_block(self.view, x[s:e], vec[s:e], call, txt_len, body))
+        for s, e, pathways in calls:
+            def vanilla(s=s, e=e):
+                return original(_rows(args, s, e, b))["img"]
+
+            outs.append(run_single(self.view, x[s:e], vec[s:e], rope.rows(s, e), txt_len, pathways, vanilla)
+                        if pathways else vanilla())
         return {"img": torch.cat(outs)}

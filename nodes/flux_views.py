@@ -81,38 +81,34 @@ def _fused_qkv(linear: Callable[[torch.Tensor], torch.Tensor]):
 
 
 def double_view(block: Any) -> DoubleBlockView:
-    """View over a `comfy.ldm.flux.layers.DoubleStreamBlock`."""
+    """View over a `comfy.ldm.flux.layers.DoubleStreamBlock` (its MLPs are Linear, GELU(tanh), Linear)."""
     return DoubleBlockView(
         heads=int(block.num_heads), img_mod=_silu_linear(block.img_mod.lin), txt_mod=_silu_linear(block.txt_mod.lin),
         img_norm1=block.img_norm1, img_norm2=block.img_norm2, txt_norm1=block.txt_norm1, txt_norm2=block.txt_norm2,
         img_qkv=_fused_qkv(block.img_attn.qkv), txt_qkv=_fused_qkv(block.txt_attn.qkv),
         img_qk_norm=_qk_norm(block.img_attn.norm), txt_qk_norm=_qk_norm(block.txt_attn.norm),
-        img_proj=block.img_attn.proj, txt_proj=block.txt_attn.proj, img_mlp=block.img_mlp, txt_mlp=block.txt_mlp)
+        img_proj=block.img_attn.proj, txt_proj=block.txt_attn.proj,
+        img_mlp_hidden=lambda x: block.img_mlp[1](block.img_mlp[0](x)), img_mlp_out=block.img_mlp[2],
+        txt_mlp_hidden=lambda x: block.txt_mlp[1](block.txt_mlp[0](x)), txt_mlp_out=block.txt_mlp[2])
 
 
 def single_view(block: Any) -> SingleBlockView:
-    """View over a `comfy.ldm.flux.layers.SingleStreamBlock`."""
-    return SingleBlockView(mod=_silu_linear(block.modulation.lin), norm=block.pre_norm)
+    """View over a `comfy.ldm.flux.layers.SingleStreamBlock`: `linear1` is the fused [q, k, v, mlp in]
+    Linear, `linear2` the output over [attention | MLP]."""
+    d, first = int(block.hidden_size), int(block.mlp_hidden_dim_first)
 
+    def qkv_mlp(x: torch.Tensor):
+        q, k, v, mlp = torch.split(block.linear1(x), [d, d, d, first], dim=-1)
+        return q, k, v, mlp
 
-def single_body(block: Any, pe: torch.Tensor, transformer_options: dict) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The SingleStreamBlock's modulated-input -> pre-gate-output path, (b, L+N, D) -> (b, L+N, D),
-    using ComfyUI's own attention (RoPE from `pe`)."""
-    from comfy.ldm.flux.math import attention
-
-    def body(xm: torch.Tensor) -> torch.Tensor:
-        qkv, mlp = torch.split(block.linear1(xm), [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
-        q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = block.norm(q, k, v)
-        attn = attention(q, k, v, pe=pe, mask=None, transformer_options=transformer_options)
+    def mlp_act(mlp: torch.Tensor) -> torch.Tensor:
         if getattr(block, "yak_mlp", False):
-            half = block.mlp_hidden_dim_first // 2
-            mlp = block.mlp_act(mlp[..., half:]) * mlp[..., :half]
-        else:
-            mlp = block.mlp_act(mlp)
-        return block.linear2(torch.cat((attn, mlp), 2))
+            half = first // 2
+            return block.mlp_act(mlp[..., half:]) * mlp[..., :half]
+        return block.mlp_act(mlp)
 
-    return body
+    return SingleBlockView(heads=int(block.num_heads), mod=_silu_linear(block.modulation.lin), norm=block.pre_norm,
+                           qkv_mlp=qkv_mlp, mlp_act=mlp_act, qk_norm=_qk_norm(block.norm), out=block.linear2)
 
 
 def canonical_rope(pe: torch.Tensor) -> Rope:
@@ -145,6 +141,20 @@ def sigma_to_percent(percent_to_sigma: Callable[[float], Any], sigma: float, ite
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def schedule_step(sample_sigmas: Any, sigma: float) -> tuple[int, int] | None:
+    """(step index, step count) of a model call at `sigma` in ComfyUI's schedule
+    (`transformer_options["sample_sigmas"]`: T + 1 decreasing sigmas ending at 0). The step is the
+    schedule interval holding sigma (so a second-order sampler's extra call belongs to its step);
+    None without a schedule."""
+    if sample_sigmas is None or not torch.is_tensor(sample_sigmas) or sample_sigmas.numel() < 2:
+        return None
+    s = sample_sigmas.detach().float().cpu()
+    steps = s.numel() - 1
+    at_or_above = torch.nonzero(s[:-1] >= sigma * (1 - 1e-4)).flatten()
+    step = int(at_or_above.max()) if at_or_above.numel() else 0
+    return min(step, steps - 1), steps
 
 
 def row_flags(batch: int, cond_or_uncond: list[int] | None, apply_to_uncond: bool) -> list[bool]:

@@ -1,8 +1,8 @@
 """The one RefComp checkpoint file (DESIGN §5): safetensors only.
 
 Metadata: `refcomp_config` (JSON of RefCompConfig), `stage`, `step`, `base_model`,
-`format` = "refcomp". The trainer writes exactly what ComfyUI and the headless
-pipeline load.
+`format` = "refcomp", and `source` (JSON, what a converted file was made from). The trainer
+and `refcomp convert` write exactly what ComfyUI and the headless pipeline load.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .adapter import NAMESPACES, RefCompAdapter
+from .adapter import RefCompAdapter
 from .config import RefCompConfig
 from .errors import CheckpointError
 
@@ -25,16 +25,19 @@ class CheckpointInfo:
     stage: int | None
     step: int | None
     base_model: str | None
+    source: dict[str, Any] | None = None
 
 
 def save_adapter(path: str | os.PathLike, adapter: RefCompAdapter, *, stage: int | None = None,
-                 step: int | None = None, base_model: str | None = None) -> None:
+                 step: int | None = None, base_model: str | None = None, source: dict[str, Any] | None = None) -> None:
     """Write the adapter as one .safetensors file (atomically: a kill never leaves half a file)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.state_dict().items()}
     meta = {"format": "refcomp", "refcomp_config": adapter.config.to_json(), "stage": json.dumps(stage),
             "step": json.dumps(step), "base_model": json.dumps(base_model)}
+    if source is not None:
+        meta["source"] = json.dumps(source, sort_keys=True)
     tmp = f"{os.fspath(path)}.tmp"
     save_file(tensors, tmp, metadata=meta)
     os.chmod(tmp, 0o644)                 # safetensors writes 0600; model folders are often shared
@@ -54,7 +57,9 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         (size,) = struct.unpack("<Q", head)
         if size <= 0 or size > min(100_000_000, os.path.getsize(path) - 8):
             raise CheckpointError(f"{path}: not a safetensors file (RefComp loads safetensors only, never pickle "
-                                  "checkpoints such as .pt/.ckpt/.bin); convert it with safetensors")
+                                  "checkpoints such as .pt/.pth/.ckpt/.bin). InstanceAssemble's layout.pth is "
+                                  "converted once with `refcomp convert instanceassemble --layout layout.pth --lora "
+                                  "pytorch_lora_weights.safetensors --out FILE.safetensors`")
         try:
             header = json.loads(f.read(size))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -71,7 +76,8 @@ def read_info(path: str | os.PathLike) -> CheckpointInfo:
                               "refcomp_config metadata); choose a file written by RefComp")
     return CheckpointInfo(config=RefCompConfig.from_json(meta["refcomp_config"]),
                           stage=json.loads(meta.get("stage", "null")), step=json.loads(meta.get("step", "null")),
-                          base_model=json.loads(meta.get("base_model", "null")))
+                          base_model=json.loads(meta.get("base_model", "null")),
+                          source=json.loads(meta.get("source", "null")))
 
 
 def load_adapter(path: str | os.PathLike, *, hidden_size: int | None = None, num_double_blocks: int | None = None,
@@ -88,7 +94,7 @@ def load_adapter(path: str | os.PathLike, *, hidden_size: int | None = None, num
                         num_single_blocks=cfg.num_single_blocks if num_single_blocks is None else num_single_blocks)
     adapter = RefCompAdapter(cfg)
     tensors = load_file(os.fspath(path))
-    bad = sorted({k.split(".")[0] for k in tensors} - set(NAMESPACES))
+    bad = sorted({k.split(".")[0] for k in tensors} - set(adapter.namespaces))
     if bad:
         raise CheckpointError(f"{os.fspath(path)}: unknown tensor namespaces {bad}")
     missing, unexpected = adapter.load_state_dict(tensors, strict=False)

@@ -14,12 +14,88 @@ from .errors import CheckpointError
 
 FORMAT_VERSION = 1
 
+LAYOUT_PATHWAYS: tuple[str, ...] = ("assemble", "instanceassemble")
+
+# InstanceAssemble's LoRA sites (WEIGHTS_COMPAT §1.3): the only modules its branch switches on.
+# Double layout block: the two AdaLN linears, q/k/v and out of both streams, the second FFN linear of
+# both streams. Single layout block: the AdaLN linear, q/k/v, the MLP input and the output linear.
+IA_DOUBLE_SITES: tuple[str, ...] = ("img_mod", "txt_mod", "img_q", "img_k", "img_v", "txt_q", "txt_k", "txt_v",
+                                    "img_out", "txt_out", "img_mlp_out", "txt_mlp_out")
+IA_SINGLE_SITES: tuple[str, ...] = ("mod", "q", "k", "v", "mlp_in", "out")
+
 # Projections of a layout block that carry an Assemble-Attn LoRA.
 # The context stream's query and out-projection are deliberately absent: the branch
 # keeps only the image tokens' outputs, which depend on the instance token's key and
 # value but not on its query or its own output, so LoRAs there would never receive
 # gradient (and would break DDP's every-parameter-used check).
 LORA_TARGETS: tuple[str, ...] = ("img_q", "img_k", "img_v", "img_out", "txt_k", "txt_v")
+
+
+@dataclass(frozen=True)
+class IAConfig:
+    """The InstanceAssemble layout pathway (WEIGHTS_COMPAT §1): its blocks, encoder sizes and LoRA.
+
+    `lora` maps a site key to (rank, multiplier): "<b>.<site>" for double block b (sites in
+    IA_DOUBLE_SITES) and "s<s>.<site>" for single block s (IA_SINGLE_SITES). A site that is not
+    listed has no LoRA. The multiplier is alpha / rank as InstanceAssemble's diffusers 0.33.1 applies it.
+    `coord_dtype` is the dtype of the box coordinates and Fourier features (bf16 upstream).
+    """
+
+    double_blocks: tuple[int, ...]
+    single_blocks: tuple[int, ...]
+    mlp_hidden: int
+    lora: dict[str, tuple[int, float]] = field(default_factory=dict)
+    text_dim: int = 768
+    dense_k: int = 6
+    fourier_freqs: int = 8
+    fourier_temperature: float = 100.0
+    coord_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+
+    def __post_init__(self) -> None:
+        for name in ("mlp_hidden", "text_dim", "dense_k", "fourier_freqs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"IAConfig.{name} must be a positive int, got {value!r}")
+        if self.dense_k < 2:
+            raise ValueError(f"IAConfig.dense_k must be >= 2 (points include both box corners), got {self.dense_k}")
+        if self.coord_dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"IAConfig.coord_dtype must be 'bfloat16' or 'float32', got {self.coord_dtype!r}")
+        object.__setattr__(self, "double_blocks", tuple(int(b) for b in self.double_blocks))
+        object.__setattr__(self, "single_blocks", tuple(int(b) for b in self.single_blocks))
+        lora = {}
+        for key, value in dict(self.lora).items():
+            block, _, site = str(key).partition(".")
+            single = block.startswith("s")
+            number = block[1:] if single else block
+            known = IA_SINGLE_SITES if single else IA_DOUBLE_SITES
+            if not number.isdigit() or site not in known:
+                raise ValueError(f"IAConfig.lora: unknown site {key!r}; use '<double block>.<site>' with a site in "
+                                 f"{list(IA_DOUBLE_SITES)} or 's<single block>.<site>' with one in "
+                                 f"{list(IA_SINGLE_SITES)}")
+            blocks = self.single_blocks if single else self.double_blocks
+            if int(number) not in blocks:
+                raise ValueError(f"IAConfig.lora: site {key!r} is on block {number}, which is not a layout block "
+                                 f"({list(blocks)})")
+            rank, mult = value
+            if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+                raise ValueError(f"IAConfig.lora[{key!r}]: rank must be a positive int, got {rank!r}")
+            lora[str(key)] = (int(rank), float(mult))
+        object.__setattr__(self, "lora", lora)
+
+    @property
+    def position_dim(self) -> int:
+        """K^2 points x 2 coordinates x F frequencies x (sin, cos): 1152 for InstanceAssemble."""
+        return self.dense_k ** 2 * 2 * 2 * self.fourier_freqs
+
+    def sites(self, key: str) -> dict[str, tuple[int, float]]:
+        """LoRA sites of one layout block ('3' or 's0') -> {site: (rank, multiplier)}."""
+        prefix = f"{key}."
+        return {k[len(prefix):]: v for k, v in self.lora.items() if k.startswith(prefix)}
+
+    @classmethod
+    def default_blocks(cls, num_double_blocks: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """InstanceAssemble's layout blocks: every third double block from 0, and single block 0."""
+        return tuple(range(0, num_double_blocks, 3)), (0,)
 
 
 @dataclass(frozen=True)
@@ -51,6 +127,9 @@ class RefCompConfig:
     layout_blocks: tuple[int, ...] | None = None
     assemble_output: Literal["gate", "linear"] = "gate"
     max_instances: int = 50
+    layout_pathway: Literal["assemble", "instanceassemble"] = "assemble"
+    identity: bool = True
+    instanceassemble: IAConfig | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +165,24 @@ class RefCompConfig:
                 raise ValueError(f"RefCompConfig.layout_blocks {list(self.layout_blocks)} must be distinct "
                                  f"double-block indices in [0, {self.num_double_blocks})")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.layout_pathway not in LAYOUT_PATHWAYS:
+            raise ValueError(f"RefCompConfig.layout_pathway must be one of {list(LAYOUT_PATHWAYS)}, "
+                             f"got {self.layout_pathway!r}")
+        if not isinstance(self.identity, bool):
+            raise ValueError(f"RefCompConfig.identity must be true or false, got {self.identity!r}")
+        ia = self.instanceassemble
+        if isinstance(ia, dict):
+            ia = IAConfig(**ia)
+            object.__setattr__(self, "instanceassemble", ia)
+        if (self.layout_pathway == "instanceassemble") != (ia is not None):
+            raise ValueError("RefCompConfig.instanceassemble must be set exactly when layout_pathway is "
+                             "'instanceassemble'")
+        if ia is not None:
+            bad = [b for b in ia.double_blocks if not 0 <= b < self.num_double_blocks] + \
+                  [f"s{b}" for b in ia.single_blocks if not 0 <= b < self.num_single_blocks]
+            if bad:
+                raise ValueError(f"RefCompConfig.instanceassemble: layout blocks {bad} do not exist in a model with "
+                                 f"{self.num_double_blocks} double and {self.num_single_blocks} single blocks")
 
     @property
     def head_dim(self) -> int:
@@ -98,7 +195,10 @@ class RefCompConfig:
 
     @property
     def layout_block_ids(self) -> tuple[int, ...]:
-        """Double blocks that run Assemble-Attn (default: all of them)."""
+        """Double blocks that run the layout pathway (Assemble-Attn default: all of them;
+        InstanceAssemble: its own list)."""
+        if self.instanceassemble is not None:
+            return self.instanceassemble.double_blocks
         if self.layout_blocks is None:
             return tuple(range(self.num_double_blocks))
         return tuple(sorted(self.layout_blocks))
@@ -130,6 +230,10 @@ class RefCompConfig:
         for key in ("lora_targets", "layout_blocks"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
+        if isinstance(kwargs.get("instanceassemble"), dict):
+            ia = dict(kwargs["instanceassemble"])
+            ia["lora"] = {k: tuple(v) for k, v in ia.get("lora", {}).items()}
+            kwargs["instanceassemble"] = IAConfig(**ia)
         kwargs["extra"] = {**kwargs.get("extra", {}), **extra}
         return cls(**kwargs)
 

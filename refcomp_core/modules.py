@@ -141,21 +141,29 @@ class FeedbackBridge(nn.Module):
         return self.per_block[block](pooled)
 
 
-class AssembleLoRA(nn.Module):
-    """Rank-r LoRA deltas for one layout block's projections (names in LORA_TARGETS).
-    Applied only inside the Assemble-Attn branch; the base projections stay frozen."""
+class LoRASet(nn.Module):
+    """Named LoRA deltas of one block's projections: `deltas[name]` maps (..., dim_in) to
+    (..., dim_out) with its own rank and scale. Used only inside the layout branches; the base
+    projections stay frozen and the global FLUX path never sees them."""
 
-    def __init__(self, config: RefCompConfig) -> None:
+    def __init__(self, sites: dict[str, tuple[int, int, int, float]]) -> None:
+        """sites: name -> (dim_in, dim_out, rank, scale)."""
         super().__init__()
-        d = config.hidden_size
-        self.deltas = nn.ModuleDict({name: LowRank(dim_in=d, dim_out=d, rank=config.lora_rank,
-                                                   scale=config.lora_scale)
-                                     for name in config.lora_targets})
+        self.deltas = nn.ModuleDict({name: LowRank(dim_in=i, dim_out=o, rank=r, scale=s)
+                                     for name, (i, o, r, s) in sites.items()})
 
     def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
-        """x: (..., D) -> (..., D), or None when `name` has no LoRA."""
+        """x: (..., dim_in) -> (..., dim_out), or None when `name` has no LoRA."""
         module = self.deltas[name] if name in self.deltas else None
         return None if module is None else module(x)
+
+
+class AssembleLoRA(LoRASet):
+    """Rank-r LoRA deltas for one Assemble-Attn layout block (names in LORA_TARGETS)."""
+
+    def __init__(self, config: RefCompConfig) -> None:
+        d = config.hidden_size
+        super().__init__({name: (d, d, config.lora_rank, config.lora_scale) for name in config.lora_targets})
 
 
 class AssembleOutput(nn.Module):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -24,7 +25,9 @@ class InstanceFeatures:
 
     clip_image: (r, clip_dim) CLIP-L image embeds of the references, or None
     dino: (r, dino_dim) DINOv2 CLS of the references, or None
-    caption: (n, text_dim) CLIP-L pooled text embeds per instance (zeros where no caption), or None
+    caption: (n, text_dim) CLIP-L pooled text embeds per instance, or None. Extractors encode ""
+        for an instance without a caption (InstanceAssemble's layout net reads that embedding;
+        RefComp's own encoder masks caption-less instances out).
     """
 
     clip_image: torch.Tensor | None = None
@@ -55,7 +58,10 @@ class GridIndex:
 
 @dataclass
 class CompositionState:
-    """Per-run cache (DESIGN §3). Tensors keep their autograd graph for training."""
+    """Per-run cache (DESIGN §3). Tensors keep their autograd graph for training.
+
+    `layout_tokens` is what the layout pathway starts from: l_i for Assemble-Attn, the
+    InstanceAssemble layout tokens Lambda_0 (scaled by 1 - alpha) for its branch."""
 
     boxes: torch.Tensor            # (n, 4)
     alpha: torch.Tensor            # (n,)
@@ -64,7 +70,9 @@ class CompositionState:
     tokens: torch.Tensor           # (n, D) instance tokens
     layout_tokens: torch.Tensor    # (n, D) l_i = (1 - alpha_i) * head(token_i)
     shared: torch.Tensor           # (g, D) shared modulation offsets of FG instances
+    raw_boxes: tuple[tuple[float, float, float, float], ...] = ()   # the layout's boxes, full precision
     _grids: dict[tuple, GridIndex] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple, object] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -85,6 +93,12 @@ class CompositionState:
         if key not in self._grids:
             self._grids[key] = _build_grid(self, grid, margin, device)
         return self._grids[key]
+
+    def memo(self, key: tuple, build: "Callable[[], object]") -> object:
+        """A pathway's own per-state cache (e.g. its index lists per grid), built once."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
 
 def _build_grid(state: CompositionState, grid: TokenGrid, margin: float, device: torch.device) -> GridIndex:
@@ -123,9 +137,9 @@ def _build_grid(state: CompositionState, grid: TokenGrid, margin: float, device:
 
 
 def build_state(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatures) -> CompositionState:
-    """Run M1-M4's step-independent parts for one layout (DESIGN §2-3).
+    """Run the step-independent parts of the adapter for one layout (DESIGN §2-3).
 
-    Raises `MissingEncoderError` when an instance needs CLIP or DINOv2 features that
+    Raises `MissingEncoderError` when an instance needs CLIP, DINOv2 or caption features that
     were not given.
     """
     cfg = adapter.config
@@ -133,11 +147,40 @@ def build_state(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatu
     n = len(layout.instances)
     if n == 0:
         log.warning("RefComp: the layout has no instances; composition is a no-op")
-    boxes = torch.tensor([list(i.box) for i in layout.instances], dtype=dtype, device=device).reshape(n, 4)
+    raw = tuple(tuple(i.box) for i in layout.instances)
+    boxes = torch.tensor([list(b) for b in raw], dtype=dtype, device=device).reshape(n, 4)
     refs = [i.ref if isinstance(i.ref, int) else None for i in layout.instances]
-    clip = _gather(features.clip_image, refs, cfg.clip_dim, device, dtype)
-    alpha = _alpha(adapter, layout, refs, boxes, clip, features)                          # (n,)
-    is_fg = [r is not None and a >= 0.5 for r, a in zip(refs, alpha.detach().tolist())]
+    if cfg.identity:
+        clip = _gather(features.clip_image, refs, cfg.clip_dim, device, dtype)
+        alpha = _alpha(adapter, layout, refs, boxes, clip, features)                      # (n,)
+        is_fg = [r is not None and a >= 0.5 for r, a in zip(refs, alpha.detach().tolist())]
+        visual = _visual(adapter, refs, is_fg, clip, features)                            # (n, visual_dim)
+    else:
+        if any(r is not None for r in refs):
+            log.warning("RefComp: this checkpoint has no identity pathway (e.g. converted InstanceAssemble "
+                        "weights): box references are ignored, boxes use their captions")
+        alpha, is_fg, visual = torch.zeros(n, device=device, dtype=dtype), [False] * n, None
+    if cfg.layout_pathway == "instanceassemble":
+        tokens = _ia_tokens(adapter, layout, raw, visual, features)                         # (n, D)
+        layout_tokens = (1 - alpha)[:, None] * tokens
+    else:
+        caption = has_caption = None
+        if features.caption is not None and n:
+            caption = features.caption.to(device, dtype)
+            has_caption = torch.tensor([i.caption is not None for i in layout.instances], device=device)
+        tokens = adapter.encoder(boxes, visual, caption, has_caption)                    # (n, D)
+        layout_tokens = (1 - alpha)[:, None] * adapter.layout_head(tokens)                # (n, D)
+    fg_ids = torch.tensor([i for i in range(n) if is_fg[i]], dtype=torch.long, device=device)
+    shared = adapter.modulation.shared(tokens[fg_ids]) if cfg.identity else tokens.new_zeros(0, cfg.hidden_size)
+    return CompositionState(boxes=boxes, alpha=alpha, is_fg=is_fg, fg_ids=fg_ids, tokens=tokens,
+                            layout_tokens=layout_tokens, shared=shared, raw_boxes=raw)
+
+
+def _visual(adapter: RefCompAdapter, refs: list[int | None], is_fg: list[bool], clip: torch.Tensor,
+            features: InstanceFeatures) -> torch.Tensor:
+    """Per-instance visual feature: DINOv2 CLS for FG, CLIP -> visual for BG/MG, zeros for captions.  -> (n, c)"""
+    cfg = adapter.config
+    n, device, dtype = len(refs), adapter.device, adapter.dtype
     visual = torch.zeros(n, cfg.visual_dim, device=device, dtype=dtype)
     need_clip = [i for i, r in enumerate(refs) if r is not None and not is_fg[i]]
     need_dino = [i for i, r in enumerate(refs) if r is not None and is_fg[i]]
@@ -148,21 +191,36 @@ def build_state(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatu
         _require(features.dino, "DINOv2", "FG", need_dino)
         dino = _gather(features.dino, refs, cfg.dino_dim, device, dtype)
         visual[need_dino] = dino[need_dino]
-    caption = has_caption = None
-    if features.caption is not None and n:
-        caption = features.caption.to(device, dtype)
-        has_caption = torch.tensor([i.caption is not None for i in layout.instances], device=device)
-    tokens = adapter.encoder(boxes, visual, caption, has_caption)                        # (n, D)
-    layout_tokens = (1 - alpha)[:, None] * adapter.layout_head(tokens)                    # (n, D)
-    fg_ids = torch.tensor([i for i in range(n) if is_fg[i]], dtype=torch.long, device=device)
-    shared = adapter.modulation.shared(tokens[fg_ids])                                    # (g, D)
-    return CompositionState(boxes=boxes, alpha=alpha, is_fg=is_fg, fg_ids=fg_ids, tokens=tokens,
-                            layout_tokens=layout_tokens, shared=shared)
+    return visual
+
+
+def _ia_tokens(adapter: RefCompAdapter, layout: Layout, raw: tuple, visual: torch.Tensor | None,
+               features: InstanceFeatures) -> torch.Tensor:
+    """InstanceAssemble's layout tokens from the boxes and the caption embeds.  -> (n, D)"""
+    from .pathways.ia_geometry import dense_points
+
+    ia = adapter.config.instanceassemble
+    n = len(raw)
+    if n == 0:
+        return torch.zeros(0, adapter.config.hidden_size, device=adapter.device, dtype=adapter.dtype)
+    text = features.caption
+    if text is None:
+        raise MissingEncoderError("the InstanceAssemble layout pathway needs the CLIP-L pooled embedding of every "
+                                  "box's caption (of \"\" for a box without one), but no caption embeddings were "
+                                  "given; connect the FLUX CLIP (clip_l) to Instance Encode")
+    if text.shape != (n, ia.text_dim):
+        raise ValueError(f"caption embeddings have shape {tuple(text.shape)}, the InstanceAssemble layout pathway "
+                         f"expects ({n}, {ia.text_dim}): one CLIP-L pooled vector per box")
+    points = dense_points(raw, ia.dense_k).to(adapter.device)                                 # (n, K*K*2)
+    return adapter.encoder(points, text.to(adapter.device), visual)
 
 
 def predict_alpha(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatures) -> torch.Tensor:
-    """alpha per instance (caption-only 0, manual override, else M1), without building a state.  -> (n,)"""
+    """alpha per instance (caption-only 0, manual override, else M1), without building a state.  -> (n,)
+    An adapter without the identity pathway routes nothing through identity: all 0."""
     n = len(layout.instances)
+    if not adapter.config.identity:
+        return torch.zeros(n, device=adapter.device, dtype=adapter.dtype)
     refs = [i.ref if isinstance(i.ref, int) else None for i in layout.instances]
     boxes = torch.tensor([list(i.box) for i in layout.instances], dtype=adapter.dtype,
                          device=adapter.device).reshape(n, 4)

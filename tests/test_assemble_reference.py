@@ -11,8 +11,6 @@ Axis letters: b batch, N image tokens, t box tokens, g FG instances, h heads, s 
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,9 +19,10 @@ from einops import einsum, rearrange
 from helpers import features, randomize, random_layout, tiny_adapter, tiny_flux
 
 from refcomp_core import Controls, RefCompSession, TokenGrid, build_state, parse_layout
-from refcomp_core.blocks import double as double_module
-from refcomp_core.blocks.double import _assemble, double_block, fg_conditioning
-from refcomp_core.blocks.token_mod import token_mod
+from refcomp_core.blocks import run_double
+from refcomp_core.pathways.assemble import AssembleAttn
+from refcomp_core.pathways.base import DoubleContext, JointAttention
+from refcomp_core.pathways.token_mod import FgModulation, token_mod
 from refcomp_core.geometry import soft_mask
 from refcomp_core.hosts.diffusers_flux import canonical_rope, double_view
 
@@ -120,25 +119,31 @@ def _setup(case: str):
     feedback = torch.randn(2, state.n_fg, d, generator=g) * 0.3
     session = RefCompSession(adapter, state, Controls(strength=STRENGTH, layout_window=(0, 1), mask_margin=MARGIN),
                              axes_dim=tuple(model.config.axes_dims_rope))
-    call = replace(session.call(state, TokenGrid(H, W), BLOCK, (0, 2), torch.device("cpu"), double=True),
-                   feedback=feedback if state.n_fg else None)
+    pathways = session.pathways(state, TokenGrid(H, W), BLOCK, (0, 2), torch.device("cpu"), double=True)
+    for p in pathways:
+        if isinstance(p, FgModulation):
+            p.feedback = feedback
     ids = torch.zeros(L + H * W, 3)
     ids[L:, 1], ids[L:, 2] = (torch.arange(H * W) // W).float(), (torch.arange(H * W) % W).float()
     rope = canonical_rope(model.pos_embed(ids))
-    return model, adapter, layout, state, call, rope, (img, txt, vec, feedback)
+    return model, adapter, layout, state, pathways, rope, (img, txt, vec, feedback)
 
 
-def _ours(model, call, rope, img, vec) -> torch.Tensor:
-    """`_assemble` on its own, fed as `double_block` feeds it.  -> (b, N, D), zero outside the boxes."""
+def _assemble_of(pathways) -> AssembleAttn:
+    return next(p for p in pathways if isinstance(p, AssembleAttn))
+
+
+def _ours(model, pathways, rope, img, vec) -> torch.Tensor:
+    """The Assemble-Attn pathway on its own, fed as the runner feeds it.  -> (b, N, D), zero outside the boxes."""
     view = double_view(model.transformer_blocks[BLOCK], model.config.num_attention_heads)
-    idx = call.index
-    y = fg_conditioning(call, vec)
-    img_mod, _, _ = token_mod(view.img_mod, vec, y, idx.mod_cov, idx.mod_w, 6)
-    _, txt_base, _ = token_mod(view.txt_mod, vec, None, None, None, 6)
+    ctx = DoubleContext(view=view, vec=vec, rope=rope, txt_len=L)
+    mod = next((p for p in pathways if isinstance(p, FgModulation)), None)
+    img_mod = token_mod(view.img_mod, vec, mod.img_modulation(ctx) if mod else None)
+    ctx.txt_base = token_mod(view.txt_mod, vec, None).base
     xm = img_mod.modulate(view.img_norm1(img), 0, 1)
-    out = _assemble(view, call, xm, view.img_qkv(xm), rope, L, txt_base, view.txt_mod(y) if y is not None else None)
+    cov, out = _assemble_of(pathways).beside_attention(ctx, JointAttention(xm, *view.img_qkv(xm)))
     full = torch.zeros_like(img)
-    full[:, idx.asm_cov] = out
+    full[:, cov] = out
     return full
 
 
@@ -148,13 +153,13 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_assemble_matches_per_instance_reference(case: str) -> None:
-    model, adapter, layout, state, call, rope, (img, _, vec, fb) = _setup(case)
+    model, adapter, layout, state, pathways, rope, (img, _, vec, fb) = _setup(case)
     with torch.no_grad():
         ref = _reference(model, adapter, layout, state, img, vec, fb)
-        ours = _ours(model, call, rope, img, vec)
+        ours = _ours(model, pathways, rope, img, vec)
     toks = [_tokens_in_box(i.box) for i in layout.instances]
     covered, depth = torch.cat(toks).unique(return_counts=True)
-    assert torch.equal(call.index.asm_cov, covered)
+    assert torch.equal(_assemble_of(pathways).index.asm_cov, covered)
     assert ref[:, covered].abs().amin(dim=-1).gt(0).all() and ref.abs().max() > 1e-2   # the branch is active
     sizes = [len(t) for t in toks]
     exercised = {"overlapping": int(depth.max()) >= 3, "one_token": sizes.count(1) == 4,
@@ -165,15 +170,18 @@ def test_assemble_matches_per_instance_reference(case: str) -> None:
 
 @pytest.mark.parametrize("case", ["overlapping", "fifty"])
 def test_double_block_runs_the_reference_branch(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through `double_block`: swapping our branch for the reference changes nothing."""
-    model, adapter, layout, state, call, rope, (img, txt, vec, fb) = _setup(case)
+    """Through the block runner: swapping our branch for the reference changes nothing."""
+    model, adapter, layout, state, pathways, rope, (img, txt, vec, fb) = _setup(case)
     view = double_view(model.transformer_blocks[BLOCK], model.config.num_attention_heads)
+    cov = _assemble_of(pathways).index.asm_cov
+    vanilla = lambda: pytest.fail("the runner must run the block itself")   # noqa: E731
     with torch.no_grad():
         ref = _reference(model, adapter, layout, state, img, vec, fb)
-        ours = double_block(view, img, txt, vec, rope, call)
-        monkeypatch.setattr(double_module, "_assemble", lambda *a, **k: ref[:, call.index.asm_cov])
-        swapped = double_block(view, img, txt, vec, rope, call)
-        off = double_block(view, img, txt, vec, rope, replace(call, layout_on=False))
+        ours = run_double(view, img, txt, vec, rope, pathways, vanilla)
+        monkeypatch.setattr(AssembleAttn, "beside_attention", lambda self, ctx, att: (cov, ref[:, cov]))
+        swapped = run_double(view, img, txt, vec, rope, pathways, vanilla)
+        off = run_double(view, img, txt, vec, rope, [p for p in pathways if not isinstance(p, AssembleAttn)],
+                         vanilla)
     assert not _close(off[0], ours[0])                                   # the branch matters to the output
     for a, b in zip(ours[:2], swapped[:2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
@@ -182,8 +190,8 @@ def test_double_block_runs_the_reference_branch(case: str, monkeypatch: pytest.M
 @pytest.mark.parametrize("perturb", [dict(average=False), dict(centre_shift=1.0)])
 def test_reference_comparison_can_fail(perturb: dict) -> None:
     """A reference that sums instead of averaging, or puts l_i one row off its box centre, must not match."""
-    model, adapter, layout, state, call, rope, (img, _, vec, fb) = _setup("overlapping")
+    model, adapter, layout, state, pathways, rope, (img, _, vec, fb) = _setup("overlapping")
     with torch.no_grad():
         bad = _reference(model, adapter, layout, state, img, vec, fb, **perturb)
-        ours = _ours(model, call, rope, img, vec)
+        ours = _ours(model, pathways, rope, img, vec)
     assert not _close(ours, bad)

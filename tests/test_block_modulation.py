@@ -5,8 +5,8 @@ import torch
 
 from helpers import features, randomize, tiny_adapter, tiny_flux
 from refcomp_core import Controls, RefCompSession, TokenGrid, build_state, parse_layout
-from refcomp_core.blocks import double_block
-from refcomp_core.blocks.token_mod import token_mod
+from refcomp_core.blocks import run_double
+from refcomp_core.pathways.token_mod import FgModulation, token_mod
 from refcomp_core.hosts.diffusers_flux import double_view
 from refcomp_core.rope import rope_from_ids
 
@@ -18,7 +18,7 @@ def _run_block(adapter, model, layout, margin):
     state = build_state(adapter, layout, features(adapter, layout, num_refs=2))
     session = RefCompSession(adapter, state, Controls(layout_window=(0, 1), mask_margin=margin),
                              axes_dim=(4, 6, 6))
-    call = session.call(state, GRID, 0, (0, 1), torch.device("cpu"), double=True)
+    pathways = session.pathways(state, GRID, 0, (0, 1), torch.device("cpu"), double=True)
     view = double_view(model.transformer_blocks[0], heads=2)
     seen = {}
     qkv = view.img_qkv
@@ -32,12 +32,12 @@ def _run_block(adapter, model, layout, margin):
     img, txt, vec = torch.randn(1, 64, 32, generator=g), torch.randn(1, 5, 32, generator=g), torch.randn(1, 32, generator=g)
     ids = torch.cat([torch.zeros(5, 3), torch.stack([torch.zeros(64), torch.arange(64) // 8, torch.arange(64) % 8], 1).float()])
     with torch.no_grad():
-        double_block(view, img, txt, vec, rope_from_ids(ids, (4, 6, 6), 10000.0), call)
+        run_double(view, img, txt, vec, rope_from_ids(ids, (4, 6, 6), 10000.0), pathways, vanilla=None)
         blk = model.transformer_blocks[0]
-        base, _, _ = token_mod(view.img_mod, vec, None, None, None, 6)
+        base = token_mod(view.img_mod, vec, None)
         base = base.modulate(view.img_norm1(img), 0, 1)                    # the base modulation, no instances
         assert torch.allclose(base, blk.norm1(img, emb=vec)[0], atol=1e-5)  # ... which is diffusers' own
-    return seen["xm"], base, call.index
+    return seen["xm"], base, next(p for p in pathways if isinstance(p, FgModulation)).index
 
 
 def test_outside_every_box_is_exactly_base_and_inside_is_not():

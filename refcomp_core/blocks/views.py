@@ -1,7 +1,7 @@
 """Block views: the few parts of a FLUX block the RefComp math needs, as callables.
 
 Each host (diffusers, ComfyUI) builds a view over its own block modules, so the
-block math is written once. Axis letters: b batch, l tokens, h heads, c channels.
+block math is written once. Axis letters: b batch, l tokens, h heads, c channels, D width.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ class DoubleBlockView:
         [shift1, scale1, gate1, shift2, scale2, gate2].
     *_norm1/2: the affine-free LayerNorms.  *_qkv: x (b, l, D) -> raw q, k, v (b, l, D).
     *_qk_norm: (q, k) each (b, l, h, c) -> RMS-normed (q, k).
-    *_proj: attention out-projection (b, l, D) -> (b, l, D).  *_mlp: the MLP.
+    *_proj: attention out-projection (b, l, D) -> (b, l, D).
+    *_mlp_hidden: the MLP up to its activation (b, l, D) -> (b, l, M); *_mlp_out: its last
+        linear (b, l, M) -> (b, l, D). Split so a branch can add a LoRA delta to the last linear.
     """
 
     heads: int
@@ -38,8 +40,16 @@ class DoubleBlockView:
     txt_qk_norm: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
     img_proj: Callable[[Tensor], Tensor]
     txt_proj: Callable[[Tensor], Tensor]
-    img_mlp: Callable[[Tensor], Tensor]
-    txt_mlp: Callable[[Tensor], Tensor]
+    img_mlp_hidden: Callable[[Tensor], Tensor]
+    img_mlp_out: Callable[[Tensor], Tensor]
+    txt_mlp_hidden: Callable[[Tensor], Tensor]
+    txt_mlp_out: Callable[[Tensor], Tensor]
+
+    def img_mlp(self, x: Tensor) -> Tensor:
+        return self.img_mlp_out(self.img_mlp_hidden(x))
+
+    def txt_mlp(self, x: Tensor) -> Tensor:
+        return self.txt_mlp_out(self.txt_mlp_hidden(x))
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,15 @@ class SingleBlockView:
 
     mod: vec (..., D) -> Linear(SiLU(vec)) (..., 3D), chunks [shift, scale, gate].
     norm: the affine-free LayerNorm.
-    The block body (q/k/v and MLP, attention, output linear) stays host code: the
-    host passes it per call, since it needs the host's own rope format.
+    qkv_mlp: x (b, l, D) -> raw q, k, v (b, l, D) and the MLP input before its activation (b, l, M).
+    mlp_act: the MLP activation (b, l, M) -> (b, l, M').  qk_norm: as in the double block.
+    out: the output linear over [attention (D) | MLP (M')] -> (b, l, D).
     """
 
+    heads: int
     mod: Callable[[Tensor], Tensor]
     norm: Callable[[Tensor], Tensor]
+    qkv_mlp: Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
+    mlp_act: Callable[[Tensor], Tensor]
+    qk_norm: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    out: Callable[[Tensor], Tensor]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapter import RefCompAdapter
-from ..blocks import DoubleBlockView, SingleBlockView, double_block, single_block
+from ..blocks import DoubleBlockView, SingleBlockView, run_double, run_single
 from ..config import RefCompConfig
 from ..errors import ModelMismatchError
 from ..geometry import TokenGrid
@@ -80,11 +80,29 @@ def double_view(block: Any, heads: int) -> DoubleBlockView:
         txt_norm2=block.norm2_context, img_qkv=img_qkv, txt_qkv=txt_qkv,
         img_qk_norm=lambda q, k: (attn.norm_q(q), attn.norm_k(k)),
         txt_qk_norm=lambda q, k: (attn.norm_added_q(q), attn.norm_added_k(k)),
-        img_proj=attn.to_out[0], txt_proj=attn.to_add_out, img_mlp=block.ff, txt_mlp=block.ff_context)
+        img_proj=attn.to_out[0], txt_proj=attn.to_add_out,
+        img_mlp_hidden=_ff_hidden(block.ff), img_mlp_out=block.ff.net[2],
+        txt_mlp_hidden=_ff_hidden(block.ff_context), txt_mlp_out=block.ff_context.net[2])
+
+
+def _ff_hidden(ff: Any):
+    """diffusers FeedForward up to its last linear: net[0] (proj + GELU) then net[1] (dropout)."""
+    return lambda x: ff.net[1](ff.net[0](x))
 
 
 def single_view(block: Any) -> SingleBlockView:
-    return SingleBlockView(mod=_silu_linear(block.norm.linear), norm=block.norm.norm)
+    attn = block.attn
+
+    def qkv_mlp(x):
+        if getattr(attn, "fused_projections", False):
+            q, k, v = attn.to_qkv(x).chunk(3, dim=-1)
+        else:
+            q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        return q, k, v, block.proj_mlp(x)
+
+    return SingleBlockView(heads=attn.heads, mod=_silu_linear(block.norm.linear), norm=block.norm.norm,
+                           qkv_mlp=qkv_mlp, mlp_act=block.act_mlp,
+                           qk_norm=lambda q, k: (attn.norm_q(q), attn.norm_k(k)), out=block.proj_out)
 
 
 def canonical_rope(image_rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> Rope:
@@ -153,14 +171,15 @@ class DiffusersFluxPatch:
             imgs, txts = [], []
             for start, stop, state in self.session.runs(hidden_states.shape[0]):
                 sl = slice(start, stop)
-                call = self.session.call(state, self.grid, index, (start, stop), hidden_states.device, double=True)
-                if call is None:
-                    txt, img = original(hidden_states[sl], encoder_hidden_states[sl], temb[sl], image_rotary_emb,
-                                        joint_attention_kwargs)
-                else:
-                    img, txt, fb = double_block(view, hidden_states[sl], encoder_hidden_states[sl], temb[sl], rope,
-                                                call)
-                    self.session.store_feedback((start, stop), index, fb)
+                img, txt, vec = hidden_states[sl], encoder_hidden_states[sl], temb[sl]
+
+                def vanilla(img=img, txt=txt, vec=vec):
+                    txt_out, img_out = original(img, txt, vec, image_rotary_emb, joint_attention_kwargs)
+                    return img_out, txt_out
+
+                pathways = self.session.pathways(state, self.grid, index, (start, stop), hidden_states.device,
+                                                 double=True)
+                img, txt = run_double(view, img, txt, vec, rope, pathways, vanilla) if pathways else vanilla()
                 imgs.append(img)
                 txts.append(txt)
             return torch.cat(txts), torch.cat(imgs)
@@ -173,24 +192,19 @@ class DiffusersFluxPatch:
 
         def forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, joint_attention_kwargs=None):
             L = encoder_hidden_states.shape[1]
-
-            def body(xm: torch.Tensor) -> torch.Tensor:
-                mlp = block.act_mlp(block.proj_mlp(xm))
-                attn = block.attn(hidden_states=xm, image_rotary_emb=image_rotary_emb,
-                                  **(joint_attention_kwargs or {}))
-                return block.proj_out(torch.cat([attn, mlp], dim=2))
-
+            rope = canonical_rope(image_rotary_emb)
             outs = []
             for start, stop, state in self.session.runs(hidden_states.shape[0]):
                 sl = slice(start, stop)
-                call = self.session.call(state, self.grid, index, (start, stop), hidden_states.device, double=False)
-                if call is None:
-                    txt, img = original(hidden_states[sl], encoder_hidden_states[sl], temb[sl], image_rotary_emb,
-                                        joint_attention_kwargs)
-                    outs.append(torch.cat([txt, img], dim=1))
-                else:
-                    x = torch.cat([encoder_hidden_states[sl], hidden_states[sl]], dim=1)
-                    outs.append(single_block(view, x, temb[sl], call, L, body))
+                img, txt, vec = hidden_states[sl], encoder_hidden_states[sl], temb[sl]
+
+                def vanilla(img=img, txt=txt, vec=vec):
+                    return torch.cat(original(img, txt, vec, image_rotary_emb, joint_attention_kwargs), dim=1)
+
+                pathways = self.session.pathways(state, self.grid, index, (start, stop), hidden_states.device,
+                                                 double=False)
+                outs.append(run_single(view, torch.cat([txt, img], dim=1), vec, rope, L, pathways, vanilla)
+                            if pathways else vanilla())
             out = torch.cat(outs)
             return out[:, :L], out[:, L:]
 

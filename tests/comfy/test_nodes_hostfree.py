@@ -226,7 +226,8 @@ def test_block_patch_without_context_runs_original():
         num_heads = 2
         img_mod = txt_mod = img_attn = txt_attn = type("M", (), {"lin": None, "qkv": None, "norm": None,
                                                                    "proj": None})()
-        img_norm1 = img_norm2 = txt_norm1 = txt_norm2 = img_mlp = txt_mlp = None
+        img_norm1 = img_norm2 = txt_norm1 = txt_norm2 = None
+        img_mlp = txt_mlp = (None, None, None)
 
     patch = DoubleBlockPatch(comp, 0, Block())
     seen = []

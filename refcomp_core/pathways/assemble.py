@@ -1,4 +1,5 @@
-"""Assemble-Attn with shared projections (DESIGN §3.1 step 4).
+"""RefComp's layout pathway: Assemble-Attn with shared projections (DESIGN §3.1 step 4),
+a branch beside the joint attention.
 
 Each instance i attends within its own sequence [l_i ; image tokens of box_i].
 The image tokens' base q/k/v are the joint attention's, computed once; only the
@@ -17,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..modules import AssembleLoRA
+from ..blocks.attention import split_heads
+from ..modules import LoRASet
 from ..rope import Rope, apply_rope
-from .attention import split_heads
+from ..state import CompositionState, GridIndex
+from .base import DoubleContext, JointAttention, Pathway
 
 Tensor = torch.Tensor
 
@@ -64,7 +67,7 @@ def per_instance_attention(x: AssembleInputs) -> Tensor:
     return rearrange(acc, "b t h c -> b t (h c)") / x.count.to(acc.dtype)[None, :, None]
 
 
-def lora_add(lora: AssembleLoRA, names: Sequence[str], x: Tensor, base: Sequence[Tensor]) -> list[Tensor]:
+def lora_add(lora: LoRASet, names: Sequence[str], x: Tensor, base: Sequence[Tensor]) -> list[Tensor]:
     """base_j + LoRA_j(x) for each target name (a target without LoRA passes its base through).
 
     Hot path: the targets' down-projections run as one matmul, and each up-projection is
@@ -101,3 +104,49 @@ def prepare_keys(k: Tensor, qk_norm, heads: int, rope: Rope) -> Tensor:
     """Split heads, K-norm and rotate keys only.  k: (b, l, D) -> (b, l, h, c)"""
     kh = split_heads(k, heads)
     return apply_rope(qk_norm(kh, kh)[1], rope)
+
+
+class AssembleAttn(Pathway):
+    """Assemble-Attn of one layout block call: per instance, [l_i ; its box tokens] attend among
+    themselves; the mean over overlapping boxes goes through the out-projection (+LoRA) and the
+    zero-init output gate, added to the image attention output before the attention gate."""
+
+    inside = True
+
+    def __init__(self, *, adapter, state: CompositionState, index: GridIndex, block: int, strength: float,
+                 centre_rope: Rope) -> None:
+        self.adapter, self.state, self.index, self.block = adapter, state, index, block
+        self.strength, self.centre_rope = strength, centre_rope
+
+    def beside_attention(self, ctx: DoubleContext, att: JointAttention) -> tuple[Tensor, Tensor] | None:
+        """-> (covered tokens (t,), contribution (b, t, D) before the attention gate)"""
+        idx, st, view, heads = self.index, self.state, ctx.view, ctx.view.heads
+        cov = idx.asm_cov
+        if not cov.numel():
+            return None
+        lora = self.adapter.lora[str(self.block)]
+        xm = att.xm
+        q, k, v = lora_add(lora, ("img_q", "img_k", "img_v"), xm[:, cov], [t[:, cov] for t in (att.q, att.k, att.v)])
+        q, k = prepare_heads(q, k, view.img_qk_norm, heads, ctx.rope[ctx.txt_len + cov])
+
+        # instance tokens through the text-stream AdaLN: mod(y_i) for FG, the base for BG.
+        # Only their keys and values are used (their own outputs are discarded).
+        b, d, dtype = xm.shape[0], xm.shape[-1], xm.dtype
+        mods = ctx.txt_base[:, None].expand(b, st.n, ctx.txt_base.shape[-1])     # (b, n, 6D)
+        if ctx.fg_y is not None:
+            mods = mods.index_copy(1, st.fg_ids, view.txt_mod(ctx.fg_y))
+        shift, scale = mods[..., 0:d], mods[..., d:2 * d]                        # chunks 0, 1 of the AdaLN
+        lt = st.layout_tokens.to(dtype)[None].expand(b, -1, -1)                 # (b, n, D)
+        ln = torch.addcmul(shift, view.txt_norm1(lt), 1 + scale)                 # (b, n, D)
+        _, tk, tv = view.txt_qkv(ln)
+        lk, lv = lora_add(lora, ("txt_k", "txt_v"), ln, [tk, tv])
+        lk = prepare_keys(lk, view.txt_qk_norm, heads, self.centre_rope)
+
+        avg = per_instance_attention(AssembleInputs(q=q, k=k, v=split_heads(v, heads), lk=lk,
+                                                    lv=split_heads(lv, heads), pos=idx.asm_pos,
+                                                    count=idx.asm_count))
+        out = lora_add(lora, ("img_out",), avg, [view.img_proj(avg)])[0]        # (b, t, D)
+        gate = self.adapter.assemble_gate[str(self.block)]
+        if gate.kind == "gate":                                                  # strength folded into the gate
+            return cov, out * (gate.gate * self.strength).to(dtype)
+        return cov, gate(out.to(self.adapter.dtype)).to(dtype) * self.strength
