@@ -250,8 +250,8 @@ def to_adapter(layout: dict[str, torch.Tensor], lora: dict[str, tuple[torch.Tens
             tensors[f"assemble_gate.{block}.linear.{m.group(3)}"] = value
     for site, (down, up, _) in lora.items():
         block, name = site.split(".")
-        tensors[f"lora.{block}.deltas.{name}.down.weight"] = down
-        tensors[f"lora.{block}.deltas.{name}.up.weight"] = up
+        tensors[f"lora.{block}.deltas.{name}.down.weight"] = down.clone()     # fused BFL files share one down
+        tensors[f"lora.{block}.deltas.{name}.up.weight"] = up.clone()
     with torch.device("meta"):
         adapter = RefCompAdapter(config)
     missing, unexpected = adapter.load_state_dict(tensors, strict=False, assign=True)
