@@ -64,31 +64,30 @@ def _tokens(clip: Any, text: str) -> Any:
 
 
 def encode_captions(clip: Any, layout: Layout, step: Progress | None = None) -> torch.Tensor | None:
-    """-> (n, text_dim) pooled CLIP-L text embeds per instance (zeros where no caption), or
-    None when no instance has a caption."""
-    captions = [inst.caption for inst in layout.instances]
-    if not any(captions):
-        return None
+    """-> (n, text_dim) pooled CLIP-L text embeds per instance, of "" for a box without a caption
+    (InstanceAssemble's layout net reads it; RefComp's own encoder masks those rows out); None when
+    no clip is connected and no box has a caption."""
+    captions = [inst.caption or "" for inst in layout.instances]
     if clip is None:
-        raise ValueError("Instance Encode: boxes have captions but no clip is connected; connect the FLUX CLIP "
-                         "(DualCLIPLoader with clip_l + t5xxl, type flux) or remove the captions")
-    rows: list[torch.Tensor | None] = []
+        if any(captions):
+            raise ValueError("Instance Encode: boxes have captions but no clip is connected; connect the FLUX CLIP "
+                             "(DualCLIPLoader with clip_l + t5xxl, type flux) or remove the captions")
+        return None
+    if not captions:
+        return None
     cache: dict[str, torch.Tensor] = {}
+    rows = []
     for caption in captions:
-        if caption:
-            if caption not in cache:
-                out = clip.encode_from_tokens(_tokens(clip, caption), return_pooled=True)
-                pooled = out[1] if isinstance(out, (tuple, list)) else None
-                if pooled is None:
-                    raise ValueError("Instance Encode: the clip gave no pooled output; connect the FLUX CLIP (clip_l)")
-                cache[caption] = pooled.reshape(pooled.shape[0], -1)[0].float().cpu()
-            rows.append(cache[caption])
-        else:
-            rows.append(None)
+        if caption not in cache:
+            out = clip.encode_from_tokens(_tokens(clip, caption), return_pooled=True)
+            pooled = out[1] if isinstance(out, (tuple, list)) else None
+            if pooled is None:
+                raise ValueError("Instance Encode: the clip gave no pooled output; connect the FLUX CLIP (clip_l)")
+            cache[caption] = pooled.reshape(pooled.shape[0], -1)[0].float().cpu()
+        rows.append(cache[caption])
         if step:
             step()
-    dim = next(r for r in rows if r is not None).shape[0]
-    return torch.stack([r if r is not None else torch.zeros(dim) for r in rows])
+    return torch.stack(rows)
 
 
 def encode_instances(layout: Layout, references: ReferenceSet | None, clip_vision: Any, dino: Any, clip: Any,
@@ -113,9 +112,11 @@ def encode_instances(layout: Layout, references: ReferenceSet | None, clip_visio
 
 def check_widths(features: InstanceFeatures, config: Any) -> None:
     """Clear errors when encoder widths do not match the adapter's config."""
-    pairs = (("clip_image", "CLIP-L image embeds", config.clip_dim, "CLIP-L (clip_vision_l)"),
-             ("dino", "DINOv2 CLS", config.dino_dim, "DINOv2-L (dino2_large)"),
-             ("caption", "caption embeds", config.text_dim, "FLUX CLIP (clip_l)"))
+    ia = getattr(config, "instanceassemble", None)
+    pairs = (("caption", "caption embeds", ia.text_dim if ia is not None else config.text_dim, "FLUX CLIP (clip_l)"),)
+    if getattr(config, "identity", True):
+        pairs = (("clip_image", "CLIP-L image embeds", config.clip_dim, "CLIP-L (clip_vision_l)"),
+                 ("dino", "DINOv2 CLS", config.dino_dim, "DINOv2-L (dino2_large)")) + pairs
     for attr, what, want, fix in pairs:
         t = getattr(features, attr)
         if t is not None and t.shape[-1] != want:

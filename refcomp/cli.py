@@ -1,6 +1,7 @@
 """The `refcomp` console command.
 
     refcomp compose --layout L.json --refs DIR --flux DIR --adapter FILE --clip DIR --dino DIR --out out.png
+    refcomp convert instanceassemble --layout layout.pth --lora LORA.safetensors --out FILE.safetensors
     refcomp train ...          -> training.train:main(argv)
     refcomp prepare-data ...   -> training.prepare_data:main(argv)
     refcomp demo|toy ...       -> refcomp.toy.cli:main(argv), else refcomp.toy:main(argv)
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "boxed references.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     compose_parser(sub)
+    from .convert import add_parser as convert_parser
+    convert_parser(sub)
     for name, (_, help_text) in PASSTHROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -152,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args_list and args_list[0] in PASSTHROUGH:
             return _passthrough(args_list[0], args_list[1:])
         args = build_parser().parse_args(args_list)
+        if args.command == "convert":
+            from .convert import run as run_convert
+            return run_convert(args)
         return run_compose(args)
     except (RefCompError, ValueError, FileNotFoundError, NotADirectoryError, CommandUnavailable) as err:
         if os.environ.get("REFCOMP_DEBUG"):

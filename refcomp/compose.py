@@ -9,6 +9,7 @@ FluxPipeline's `callback_on_step_end`, which drives the layout/modulation window
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from PIL import Image
 from refcomp_core import Controls, Layout, RefCompSession, build_state, parse_layout
 from refcomp_core.errors import MissingEncoderError
 from refcomp_core.hosts.diffusers_flux import patch_flux
+from refcomp_core.layout_import import from_instanceassemble, is_instanceassemble
 
 from .encoders import instance_features
 from .models import ComposeModels, load_models
@@ -73,12 +75,22 @@ class Composition:
 
 
 def read_layout(source: LayoutInput, *, num_refs: int | None, max_instances: int = 50) -> Layout:
-    """A Layout from a file path, JSON text, dict or Layout (validated, naming the field)."""
+    """A Layout from a file path, JSON text, dict or Layout (validated, naming the field).
+    InstanceAssemble / DenseLayout JSON (`annos` with pixel boxes) is imported to layout v1."""
     if isinstance(source, (str, os.PathLike)) and not (isinstance(source, str) and source.lstrip().startswith("{")):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"--layout: layout file not found: {path}")
         source = path.read_text(encoding="utf-8")
+    if isinstance(source, (str, bytes)):
+        try:
+            doc = json.loads(source)
+        except json.JSONDecodeError:
+            doc = None                                   # parse_layout names the JSON error
+        if is_instanceassemble(doc):
+            source = from_instanceassemble(doc)
+    elif is_instanceassemble(source):
+        source = from_instanceassemble(source)
     return parse_layout(source, num_refs=num_refs, max_instances=max_instances)
 
 
@@ -114,14 +126,23 @@ def run_composition(models: ComposeModels, layout: Layout, references: Sequence[
         except MissingEncoderError as err:
             raise MissingEncoderError(f"{err} (headless: pass --dino DIR for FG references and --clip DIR for "
                                       "alpha prediction and BG/MG references)") from None
-    session = RefCompSession(adapter, state, controls)
+    session = RefCompSession(adapter, state, controls, step=0, num_steps=options.steps)
+    if state is not None and adapter.config.layout_pathway == "instanceassemble" \
+            and int(controls.layout_window[1] * options.steps) <= int(controls.layout_window[0] * options.steps):
+        log.warning("InstanceAssemble layout: %d steps with the layout window %s leave no grounding step "
+                    "(it runs for steps int(start*T) .. int(end*T) - 1); use more steps or a wider window",
+                    options.steps, controls.layout_window)
 
     def on_step_end(_pipe: Any, step: int, _timestep: Any, _tensors: dict) -> dict:
         session.progress = min(1.0, (step + 1) / options.steps)    # the next step's position in the schedule
+        session.step = step + 1
         return {}
 
     generator = torch.Generator(device="cpu").manual_seed(options.seed)
-    kwargs = dict(prompt=options.prompt, height=layout.height, width=layout.width,
+    prompt = options.prompt or str(layout.extra.get("prompt") or "")
+    if prompt and not options.prompt:
+        log.info("prompt from the layout file: %r", prompt)
+    kwargs = dict(prompt=prompt, height=layout.height, width=layout.width,
                   num_inference_steps=options.steps, guidance_scale=options.guidance, generator=generator,
                   max_sequence_length=options.max_sequence_length, output_type="pil")
     with torch.no_grad():

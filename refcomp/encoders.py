@@ -116,16 +116,14 @@ def dino_cls(model: Any, processor: Any, images: Sequence[Image.Image]) -> torch
 
 @torch.no_grad()
 def caption_embeds(tokenizer: Any, text_encoder: Any, layout: Layout) -> torch.Tensor:
-    """(n, text_dim) CLIP-L pooled text embedding per instance; zeros where no caption."""
-    n = len(layout.instances)
-    out = torch.zeros(n, int(text_encoder.config.hidden_size))
-    rows = [i for i, inst in enumerate(layout.instances) if inst.caption]
-    if rows:
-        tokens = tokenizer([layout.instances[i].caption for i in rows], padding="max_length",
-                           max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-        pooled = text_encoder(tokens.input_ids.to(text_encoder.device)).pooler_output     # (len(rows), c)
-        out[rows] = pooled.float().cpu()
-    return out
+    """(n, text_dim) CLIP-L pooled text embedding per instance, of "" where a box has no caption
+    (InstanceAssemble's layout net reads it; RefComp's own encoder masks those rows out)."""
+    texts = [inst.caption or "" for inst in layout.instances]
+    if not texts:
+        return torch.zeros(0, int(text_encoder.config.hidden_size))
+    tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(text_encoder.device)).pooler_output.float().cpu()     # (n, c)
 
 
 def instance_features(encoders: ImageEncoders, images: Sequence[Image.Image], layout: Layout, *,

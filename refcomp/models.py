@@ -67,9 +67,11 @@ def load_flux(path: str | os.PathLike, *, device: str | torch.device = "cpu",
 
 def _check_adapter_fits(adapter: RefCompAdapter, encoders: ImageEncoders, text_dim: int) -> None:
     cfg = adapter.config
-    pairs = (("--clip", "CLIP image embed width", cfg.clip_dim, encoders.clip_dim),
-             ("--dino", "DINOv2 width", cfg.dino_dim, encoders.dino_dim),
-             ("--flux", "CLIP-L text width (text_encoder)", cfg.text_dim, text_dim))
+    caption_dim = cfg.instanceassemble.text_dim if cfg.instanceassemble is not None else cfg.text_dim
+    pairs = (("--flux", "CLIP-L text width (text_encoder)", caption_dim, text_dim),)
+    if cfg.identity:
+        pairs = (("--clip", "CLIP image embed width", cfg.clip_dim, encoders.clip_dim),
+                 ("--dino", "DINOv2 width", cfg.dino_dim, encoders.dino_dim)) + pairs
     for flag, what, ours, theirs in pairs:
         if theirs is not None and ours != theirs:
             raise CheckpointError(f"{flag}: the adapter expects a {what} of {ours}, but the model given has "

@@ -70,13 +70,11 @@ def text_pooled(fz: Frozen, texts: list[str]) -> torch.Tensor:
 
 
 def caption_embeds(fz: Frozen, captions: list[str | None]) -> torch.Tensor:
-    """Instance captions -> (n, C_clip); zeros where an instance has no caption."""
-    width = fz.clip_text.config.hidden_size
-    out = torch.zeros(len(captions), width, device=fz.device)
-    rows = [i for i, c in enumerate(captions) if c]
-    if rows:
-        out[rows] = text_pooled(fz, [captions[i] for i in rows]).float()
-    return out
+    """Instance captions -> (n, C_clip), the embedding of "" where an instance has no caption
+    (InstanceAssemble's layout net reads it; RefComp's own encoder masks those rows out)."""
+    if not captions:
+        return torch.zeros(0, fz.clip_text.config.hidden_size, device=fz.device)
+    return text_pooled(fz, [c or "" for c in captions]).float()
 
 
 def clip_image(fz: Frozen, images: torch.Tensor) -> torch.Tensor:

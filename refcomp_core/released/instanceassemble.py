@@ -147,9 +147,9 @@ def read_layout_weights(path: str | os.PathLike, spec: TargetSpec) -> dict[str, 
         elif tuple(t.shape) != table[key]:
             problems.append(f"{key} has shape {tuple(t.shape)}, expected {table[key]}")
     if problems:
+        shown = "; ".join(problems[:6]) + (f"; (+{len(problems) - 6} more problems)" if len(problems) > 6 else "")
         raise CheckpointError(f"--layout {path}: not InstanceAssemble's FLUX.1 layout.pth for a model of hidden size "
-                              f"{spec.hidden_size} with {spec.num_double_blocks} double blocks: "
-                              + "; ".join(problems))
+                              f"{spec.hidden_size} with {spec.num_double_blocks} double blocks: {shown}")
     return tensors
 
 
