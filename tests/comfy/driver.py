@@ -4,7 +4,8 @@ one JSON line `RESULT {...}` for the pytest side. Never imported by pytest.
     python driver.py <comfy_root> <pack_dir_in_custom_nodes> <work_dir> <task>
 
 Tasks: load (node registry), parity (tensors for the diffusers comparison),
-sample (ComfyUI's own executor on a tiny FLUX).
+ia_parity (the InstanceAssemble pathway, for the oracle comparison), sample (ComfyUI's own
+executor on a tiny FLUX).
 """
 from __future__ import annotations
 
@@ -92,10 +93,12 @@ def check_host_conversions() -> None:
     RESULT["percent_max_err"] = max(errs)
 
 
-def _run_model(patcher, inputs: dict, cond_or_uncond: list[int], **extra) -> torch.Tensor:
+def _run_model(patcher, inputs: dict, cond_or_uncond: list[int], sample_sigmas=None, **extra) -> torch.Tensor:
     import comfy.model_management as mm
     import comfy.patcher_extension as pe
     to = dict(patcher.model_options["transformer_options"])
+    if sample_sigmas is not None:
+        to["sample_sigmas"] = sample_sigmas
     to["wrappers"] = pe.merge_nested_dicts(dict(to.get("wrappers", {})), patcher.wrappers, copy_dict1=True) \
         if hasattr(pe, "merge_nested_dicts") else patcher.wrappers
     to["cond_or_uncond"] = cond_or_uncond
@@ -158,6 +161,38 @@ def task_parity() -> None:
     RESULT["patches_on_input_model"] = len(model.model_options["transformer_options"].get("patches_replace", {}))
 
 
+def task_ia_parity() -> None:
+    """The InstanceAssemble pathway from a converted file: cond-only and [uncond | cond] batches at a sigma
+    inside the grounding window, and one outside it, with the sampler's schedule in transformer_options."""
+    init_nodes()
+    from refcomp_core.controls import Controls
+    from refcomp_core.layout import parse_layout
+    from refcomp_core.state import InstanceFeatures
+    pack = sys.modules[PACK.replace(".", "_x_")]
+    apply_refcomp = sys.modules[pack.__name__ + ".nodes.flux_apply"].apply_refcomp
+    runtime = sys.modules[pack.__name__ + ".nodes.runtime"]
+    from refcomp_core.checkpoint import load_adapter
+
+    model = driver_nodes.tiny_flux_from_diffusers(os.path.join(WORK, "flux.safetensors"))
+    inputs = load_file(os.path.join(WORK, "inputs.safetensors"))
+    with open(os.path.join(WORK, "layout.json")) as f:
+        layout = parse_layout(f.read())
+    adapter, _ = load_adapter(os.path.join(WORK, "ia.safetensors"))
+    patched = apply_refcomp(model, runtime.adapter_patcher(adapter), layout,
+                            InstanceFeatures(caption=inputs["caption"]), Controls())
+    schedule = inputs["schedule"]
+    outs = {"vanilla": _run_model(model, inputs, [0]),
+            "ia_cond": _run_model(patched, inputs, [0], sample_sigmas=schedule)}
+    two = {k: torch.cat([v, v]) if k in ("x", "sigma", "context", "pooled", "guidance") else v
+           for k, v in inputs.items()}
+    outs["ia_batched"] = _run_model(patched, two, [1, 0], sample_sigmas=schedule)
+    late = dict(inputs, sigma=torch.full_like(inputs["sigma"], float(schedule[10])))
+    outs["late_vanilla"] = _run_model(model, late, [0])
+    outs["late_ia"] = _run_model(patched, late, [0], sample_sigmas=schedule)
+    save_file({k: v.contiguous() for k, v in outs.items()}, os.path.join(WORK, "outputs.safetensors"))
+    RESULT["batch"] = inputs["x"].shape[0]
+
+
 def task_sample() -> None:
     init_nodes()
     import execution
@@ -188,6 +223,6 @@ def task_sample() -> None:
 
 if __name__ == "__main__":
     try:
-        {"load": task_load, "parity": task_parity, "sample": task_sample}[TASK]()
+        {"load": task_load, "parity": task_parity, "sample": task_sample, "ia_parity": task_ia_parity}[TASK]()
     finally:
         print("RESULT " + json.dumps(RESULT, default=str), flush=True)

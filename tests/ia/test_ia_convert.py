@@ -179,3 +179,12 @@ def test_full_size_tables_on_the_meta_device() -> None:
     assert counts["encoder"] + counts["assemble_gate"] == 98_535_936
     assert counts["lora"] == 924_672 * rank
     assert sum(counts.values()) == 98_535_936 + 924_672 * rank
+
+
+def test_loaders_refuse_the_pickle_and_name_the_conversion(tmp_path) -> None:
+    write_layout_pth(tmp_path / "layout.pth", IA_TINY_FLUX)
+    for path in (tmp_path / "layout.pth", tmp_path / "renamed.safetensors"):
+        if path.suffix == ".safetensors":
+            path.write_bytes((tmp_path / "layout.pth").read_bytes())
+        with pytest.raises(CheckpointError, match="refcomp convert instanceassemble --layout layout.pth"):
+            load_adapter(path)
