@@ -6,6 +6,7 @@ and `refcomp convert` write exactly what ComfyUI and the headless pipeline load.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -102,4 +103,36 @@ def load_adapter(path: str | os.PathLike, *, hidden_size: int | None = None, num
         raise CheckpointError(f"{os.fspath(path)}: tensors do not match its refcomp_config "
                               f"(missing {missing[:5]}, unexpected {unexpected[:5]}); the file is damaged")
     adapter.to(device=device, dtype=dtype) if dtype is not None else adapter.to(device)
+    return adapter, info
+
+
+# Fields of RefCompConfig that size the identity pathway (the rest must match the file).
+IDENTITY_FIELDS = ("clip_dim", "dino_dim", "visual_dim", "text_dim", "alpha_hidden", "modulation_rank", "bridge_rank")
+IDENTITY_KEYS = ("alpha.", "modulation.", "bridge.", "single_gate.", "encoder.visual.", "encoder.clip_to_visual.")
+
+
+def add_identity(path: str | os.PathLike, *, hidden_size: int | None = None, num_double_blocks: int | None = None,
+                 num_single_blocks: int | None = None, **identity: Any) -> tuple[RefCompAdapter, CheckpointInfo]:
+    """An adapter from a file without the identity pathway (e.g. converted InstanceAssemble weights) with the
+    identity pathway added on top, freshly initialised: alpha (M1), the zero-init visual projection into the
+    instance token, the modulation head (last layer 0), the bridge and the single-block gates (0). Its output
+    equals the file's on every layout until it trains. `identity` sets the IDENTITY_FIELDS."""
+    from safetensors.torch import load_file
+
+    info = read_info(path)
+    unknown = sorted(set(identity) - set(IDENTITY_FIELDS))
+    if unknown:
+        raise ValueError(f"add_identity: {unknown} are not identity-pathway sizes; allowed {list(IDENTITY_FIELDS)}")
+    if info.config.identity:
+        raise CheckpointError(f"{os.fspath(path)} already has the identity pathway; load it with load_adapter")
+    cfg = dataclasses.replace(info.config, identity=True, **identity)
+    if hidden_size is not None:
+        cfg.check_model(hidden_size=hidden_size, num_double_blocks=num_double_blocks or cfg.num_double_blocks,
+                        num_single_blocks=num_single_blocks or cfg.num_single_blocks)
+    adapter = RefCompAdapter(cfg)
+    missing, unexpected = adapter.load_state_dict(load_file(os.fspath(path)), strict=False)
+    not_identity = [k for k in missing if not k.startswith(IDENTITY_KEYS)]
+    if unexpected or not_identity:
+        raise CheckpointError(f"{os.fspath(path)}: tensors do not match its refcomp_config (missing "
+                              f"{not_identity[:5]}, unexpected {unexpected[:5]}); the file is damaged")
     return adapter, info

@@ -60,8 +60,8 @@ class GridIndex:
 class CompositionState:
     """Per-run cache (DESIGN §3). Tensors keep their autograd graph for training.
 
-    `layout_tokens` is what the layout pathway starts from: l_i for Assemble-Attn, the
-    InstanceAssemble layout tokens Lambda_0 (scaled by 1 - alpha) for its branch."""
+    `layout_tokens` is what the layout pathway starts from: l_i = (1 - alpha_i) head(token_i) for
+    Assemble-Attn, InstanceAssemble's layout tokens Lambda_0 for its branch."""
 
     boxes: torch.Tensor            # (n, 4)
     alpha: torch.Tensor            # (n,)
@@ -161,8 +161,11 @@ def build_state(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatu
                         "weights): box references are ignored, boxes use their captions")
         alpha, is_fg, visual = torch.zeros(n, device=device, dtype=dtype), [False] * n, None
     if cfg.layout_pathway == "instanceassemble":
+        # InstanceAssemble's layout tokens are not scaled by (1 - alpha): every box keeps the released
+        # layout pathway, and alpha only routes identity (FG boxes also get modulation), so a fresh
+        # identity pathway on top of the released weights changes nothing.
         tokens = _ia_tokens(adapter, layout, raw, visual, features)                         # (n, D)
-        layout_tokens = (1 - alpha)[:, None] * tokens
+        layout_tokens = tokens
     else:
         caption = has_caption = None
         if features.caption is not None and n:

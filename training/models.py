@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from refcomp_core import RefCompAdapter
-from refcomp_core.checkpoint import load_adapter
+from refcomp_core.checkpoint import IDENTITY_FIELDS, add_identity, load_adapter, read_info
 from refcomp_core.hosts.diffusers_flux import enable_gradient_checkpointing, config_for, flux_dims
 
 from .config import ModelPaths, TrainConfig
@@ -75,23 +75,33 @@ def encoder_dims(paths: ModelPaths) -> dict[str, int]:
 
 
 def build_adapter(cfg: TrainConfig, transformer: torch.nn.Module) -> RefCompAdapter:
-    """A fresh adapter (stage 1) or the previous stage's file (`init_from`), trainable
+    """A fresh adapter (stage 1), the previous stage's file (`init_from`), or converted released weights
+    (`init_from` a `refcomp convert` file) with the identity pathway added on top; trainable
     namespaces set for this stage."""
     if cfg.init_from:
         d = flux_dims(transformer)
-        adapter, info = load_adapter(cfg.init_from, hidden_size=d.hidden_size, num_double_blocks=d.num_double_blocks,
-                                     num_single_blocks=d.num_single_blocks)
+        dims = dict(hidden_size=d.hidden_size, num_double_blocks=d.num_double_blocks,
+                    num_single_blocks=d.num_single_blocks)
+        if not read_info(cfg.init_from).config.identity:          # released weights (refcomp convert)
+            sizes = {k: v for k, v in {**encoder_dims(cfg.models), **cfg.adapter}.items() if k in IDENTITY_FIELDS}
+            torch.manual_seed(cfg.seed)
+            adapter, info = add_identity(cfg.init_from, **dims, **sizes)
+            log.info("init_from %s (%s) has no identity pathway: added it freshly initialised on top; the "
+                     "composed output equals the file's until it trains", cfg.init_from,
+                     (info.source or {}).get("method", "converted weights"))
+        else:
+            adapter, info = load_adapter(cfg.init_from, **dims)
+            if cfg.adapter:
+                log.warning("adapter: overrides are ignored when init_from is set (the file carries its config)")
         if info.stage is not None and info.stage >= cfg.stage:
             log.warning("init_from %s was exported by stage %s; this run is stage %s", cfg.init_from, info.stage,
                         cfg.stage)
-        if cfg.adapter:
-            log.warning("adapter: overrides are ignored when init_from is set (the file carries its config)")
     else:
         torch.manual_seed(cfg.seed)
         adapter = RefCompAdapter(config_for(transformer, **{**encoder_dims(cfg.models), **cfg.adapter}))
     adapter.set_trainable(cfg.trainable)
     adapter.train()
     counts = adapter.parameter_counts()
-    log.info("stage %d trains %s (%d parameters)", cfg.stage, list(cfg.trainable),
+    log.info("stage %d trains %s (%d parameters)", cfg.stage, [n for n in cfg.trainable if counts[n]],
              sum(counts[n] for n in cfg.trainable))
     return adapter
