@@ -31,6 +31,8 @@ def _run(script: str) -> dict[str, float]:
                          "whole-run transformer cost/vanilla instances=3"]),
     ("attention_loop.py", ["bucketed/loop boxes=3 seeded", "padded+mask/loop boxes=50 seeded",
                            "bucketed/loop boxes=50 equal 5x5"]),
+    ("instanceassemble.py", ["ia_branch_double(ours)/vanilla_double_block boxes=50",
+                             "speedup per_box/ours single boxes=3", "ia_28_step_run(ours)/vanilla_run boxes=50"]),
 ])
 def test_bench_prints_ratios(script: str, labels: list[str]) -> None:
     ratios = _run(script)
