@@ -24,10 +24,11 @@ def test_workflow_layouts_and_model_list(path):
         layout = parse_layout(doc, num_refs=num_refs or None)
         assert len(layout) >= 1
     notes = [n for n in wf["nodes"] if n["type"] == "MarkdownNote"]
-    assert notes and "models/diffusion_models/flux1-dev.safetensors" in notes[0]["widgets_values"][0]
+    unet = "flux1-schnell.safetensors" if "schnell" in path.name else "flux1-dev.safetensors"
+    assert notes and f"models/diffusion_models/{unet}" in notes[0]["widgets_values"][0]
     assert "models/refcomp/" in notes[0]["widgets_values"][0]
     listed = [m["name"] for n in wf["nodes"] for m in n.get("properties", {}).get("models", [])]
-    assert "flux1-dev.safetensors" in listed
+    assert unet in listed
 
 
 def test_dense_and_many_reference_layouts():
@@ -36,6 +37,19 @@ def test_dense_and_many_reference_layouts():
     assert len(dense) >= 15 and all(i.ref is None and i.caption for i in dense.instances)
     scene = parse_layout(canvas_layouts(by_name["refcomp_shelf_22_references_flux_dev.json"])[0][0])
     assert len(scene.referenced) >= 20
+
+
+def test_instanceassemble_workflows():
+    """dev at 28 steps and schnell at 4, the converted file, caption-only boxes, the conversion command named."""
+    by_name = {p.name: json.loads(p.read_text()) for p in WORKFLOWS}
+    for name, steps in (("instanceassemble_flux_dev.json", 28), ("instanceassemble_flux_schnell.json", 4)):
+        wf = by_name[name]
+        nodes = {n["type"]: n for n in wf["nodes"]}
+        assert nodes["KSampler"]["widgets_values"][2] == steps
+        assert nodes["RefCompLoader"]["widgets_values"][0] == "instanceassemble_flux1.safetensors"
+        layout = parse_layout(canvas_layouts(wf)[0][0])
+        assert len(layout) >= 10 and all(i.ref is None and i.caption for i in layout.instances)
+        assert "refcomp convert instanceassemble" in nodes["MarkdownNote"]["widgets_values"][0]
 
 
 def test_checker_finds_problems():
