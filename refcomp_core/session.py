@@ -19,10 +19,41 @@ from .pathways.assemble import AssembleAttn
 from .pathways.base import Pathway
 from .pathways.instanceassemble import IABranch, ia_index, ia_step_active
 from .pathways.token_mod import FgModulation
+from .pathways.xverse import XVerseDouble, XVerseSingle, XVerseScales, XVerseState
 from .rope import Rope, rope_from_ids
 from .state import CompositionState
 
 Rows = tuple[int, int]
+
+
+@dataclass
+class XVerseRun:
+    """An XVerse composition for one sampling run: its step-independent state, its LoRA per block
+    ("<double>", "s<single>", "x" for x_embedder), the scales of the chosen preset, the VAE-skip
+    intervals as fractions of the first timestep t0 (see `refs_on`), and `embed`: the host model's own
+    x_embedder (packed latents -> tokens; XVerse adds its LoRA itself)."""
+
+    state: XVerseState
+    loras: dict
+    scales: XVerseScales = field(default_factory=XVerseScales)
+    skip: tuple[tuple[float, float], ...] = ((0.0, 0.05), (0.8, 1.0))
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def refs_on(self, t: float | None, t0: float | None) -> bool:
+        """XVerse's VAE-skip rule on the timestep value: part "a-b" skips t in [(1-b) t0, (1-a) t0]."""
+        if self.state.ref_latents is None or self.state.num_refs == 0:
+            return False
+        if t is None or t0 is None:
+            return True
+        return not any((1 - b) * t0 <= t <= (1 - a) * t0 for a, b in self.skip)
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """What a run of batch rows is composed with: a RefComp state (or None) and whether XVerse acts."""
+
+    state: CompositionState | None
+    xverse: bool
 
 
 @dataclass
@@ -34,7 +65,7 @@ class RefCompSession:
     the step index; without them it falls back to progress).
     """
 
-    adapter: RefCompAdapter
+    adapter: RefCompAdapter | None
     states: CompositionState | Sequence[CompositionState | None] | None
     controls: Controls = field(default_factory=Controls)
     axes_dim: tuple[int, ...] = (16, 56, 56)
@@ -42,12 +73,24 @@ class RefCompSession:
     progress: float = 0.0
     step: int | None = None
     num_steps: int | None = None
+    xverse: XVerseRun | None = None
+    xverse_rows: Sequence[bool] | None = None
+    cond_vec: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    timestep: float | None = None
+    t0: float | None = None
     _carry: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
     _centres: dict[tuple, Rope] = field(default_factory=dict, repr=False)
 
-    def begin_forward(self) -> None:
-        """Call at the start of each transformer forward: what blocks carry restarts."""
+    def begin_forward(self, *, cond_vec: torch.Tensor | None = None, timestep: float | None = None,
+                      t0: float | None = None, latents: torch.Tensor | None = None) -> None:
+        """Call at the start of each transformer forward: what blocks carry restarts. XVerse also needs
+        the conditioning at t = 0 (b, D), the packed latents before x_embedder (b, N, C), this call's
+        timestep and the run's first one."""
         self._carry.clear()
+        self.cond_vec, self.timestep, self.latents = cond_vec, timestep, latents
+        if t0 is not None:
+            self.t0 = t0
 
     def row_states(self, batch: int) -> list[CompositionState | None]:
         if self.states is None or isinstance(self.states, CompositionState):
@@ -56,13 +99,17 @@ class RefCompSession:
             raise ValueError(f"RefCompSession has {len(self.states)} row states for a batch of {batch}")
         return list(self.states)
 
-    def runs(self, batch: int) -> Iterator[tuple[int, int, CompositionState | None]]:
-        """Contiguous row ranges sharing one state: (start, stop, state)."""
+    def runs(self, batch: int) -> Iterator[tuple[int, int, RowKey]]:
+        """Contiguous row ranges composed alike: (start, stop, key)."""
         states = self.row_states(batch)
+        xv = list(self.xverse_rows) if self.xverse_rows is not None else [True] * batch
+        if len(xv) != batch:
+            raise ValueError(f"RefCompSession has {len(xv)} XVerse row flags for a batch of {batch}")
+        keys = [RowKey(s, self.xverse is not None and f) for s, f in zip(states, xv)]
         start = 0
         for i in range(1, batch + 1):
-            if i == batch or states[i] is not states[start]:
-                yield start, i, states[start]
+            if i == batch or keys[i].state is not keys[start].state or keys[i].xverse != keys[start].xverse:
+                yield start, i, keys[start]
                 start = i
 
     # --- windows ----------------------------------------------------------------------------
@@ -73,10 +120,31 @@ class RefCompSession:
         return c.layout_on(self.progress)
 
     # --- pathways of one block call -----------------------------------------------------------
-    def pathways(self, state: CompositionState | None, grid: TokenGrid, block: int, rows: Rows,
+    def pathways(self, key: RowKey | CompositionState | None, grid: TokenGrid, block: int, rows: Rows,
                  device: torch.device, *, double: bool) -> list[Pathway]:
         """The active pathways of one block call on rows [start, stop); empty = run the block vanilla."""
-        if state is None or state.n == 0:
+        if not isinstance(key, RowKey):
+            key = RowKey(key, False)
+        out = self._refcomp_pathways(key.state, grid, block, rows, device, double=double)
+        if key.xverse:
+            out.append(self._xverse_pathway(block, rows, double=double))
+        return out
+
+    def _xverse_pathway(self, block: int, rows: Rows, *, double: bool) -> Pathway:
+        xv = self.xverse
+        refs_on = self.cond_vec is not None and xv.refs_on(self.timestep, self.t0)
+        cond = self.cond_vec[rows[0]:rows[1]] if self.cond_vec is not None else None
+        order = block if double else len(self.xverse.state.delta_block) + block
+        common = dict(state=xv.state, loras=xv.loras, block=block, scales=xv.scales, refs_on=refs_on, cond_vec=cond,
+                      r_in=self._latest(rows, "xverse_r", order), store_r=self._store(rows, "xverse_r", order + 1))
+        if double:
+            latents = self.latents[rows[0]:rows[1]] if (self.latents is not None and block == 0) else None
+            return XVerseDouble(**common, embed=xv.embed, latents=latents)
+        return XVerseSingle(**common)
+
+    def _refcomp_pathways(self, state: CompositionState | None, grid: TokenGrid, block: int, rows: Rows,
+                          device: torch.device, *, double: bool) -> list[Pathway]:
+        if state is None or state.n == 0 or self.adapter is None:
             return []
         out: list[Pathway] = []
         cfg, c = self.adapter.config, self.controls

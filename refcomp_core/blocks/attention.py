@@ -13,8 +13,9 @@ def split_heads(x: Tensor, heads: int) -> Tensor:
     return rearrange(x, "b l (h c) -> b l h c", h=heads)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Plain softmax attention.  q, k, v: (b, l, h, c) -> (b, l, h*c)"""
+def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Softmax attention, with an optional additive bias (b|1, h|1, l, s).
+    q: (b, l, h, c), k, v: (b, s, h, c) -> (b, l, h*c)"""
     out = F.scaled_dot_product_attention(rearrange(q, "b l h c -> b h l c"), rearrange(k, "b l h c -> b h l c"),
-                                         rearrange(v, "b l h c -> b h l c"))
+                                         rearrange(v, "b l h c -> b h l c"), attn_mask=bias)
     return rearrange(out, "b h l c -> b l (h c)")

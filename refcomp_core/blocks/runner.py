@@ -29,6 +29,8 @@ def run_double(view: DoubleBlockView, img: Tensor, txt: Tensor, vec: Tensor, rop
     vanilla: the host's own block on these rows -> (img, txt).  -> (img, txt)"""
     ctx = DoubleContext(view=view, vec=vec, rope=rope, txt_len=txt.shape[1])
     inside = [p for p in pathways if p.inside]
+    for p in inside:
+        img, txt = p.before_double(ctx, img, txt)
     img, txt = _double_body(ctx, img, txt, inside) if inside else vanilla()
     for p in pathways:
         img, txt = p.after_double(ctx, img, txt)
@@ -54,9 +56,12 @@ def _one(requests: Iterable[ModRequest | None], where: str) -> ModRequest | None
 
 
 def _double_body(ctx: DoubleContext, img: Tensor, txt: Tensor, inside: list[Pathway]) -> tuple[Tensor, Tensor]:
-    view, vec, rope, L, heads = ctx.view, ctx.vec, ctx.rope, ctx.txt_len, ctx.view.heads
+    vec, rope, L, heads = ctx.vec, ctx.rope, ctx.txt_len, ctx.view.heads
+    view = ctx.view
+    for p in inside:
+        view = p.wrap_double_view(view)
     img_mod = token_mod(view.img_mod, vec, _one((p.img_modulation(ctx) for p in inside), "image"))
-    txt_mod = token_mod(view.txt_mod, vec, None)
+    txt_mod = token_mod(view.txt_mod, vec, _one((p.txt_modulation(ctx) for p in inside), "text"))
     ctx.txt_base = txt_mod.base
 
     # joint attention with per-token image modulation
@@ -74,7 +79,7 @@ def _double_body(ctx: DoubleContext, img: Tensor, txt: Tensor, inside: list[Path
     img_out = view.img_proj(img_attn)                                       # (b, N, D), fresh
 
     # branches beside the attention add to its output before the gate
-    joint = JointAttention(xm=xm, q=q, k=k, v=v)
+    joint = JointAttention(xm=xm, q=q, k=k, v=v, jk=jk, jv=jv)
     for p in inside:
         added = p.beside_attention(ctx, joint)
         if added is not None:
@@ -90,7 +95,10 @@ def _double_body(ctx: DoubleContext, img: Tensor, txt: Tensor, inside: list[Path
 
 
 def _single_body(ctx: SingleContext, x: Tensor, inside: list[Pathway]) -> Tensor:
-    view, heads, L = ctx.view, ctx.view.heads, ctx.txt_len
+    heads, L = ctx.view.heads, ctx.txt_len
+    view = ctx.view
+    for p in inside:
+        view = p.wrap_single_view(view)
     request = _one((p.single_modulation(ctx) for p in inside), "image")
     if request is not None:                                                 # image-token indices -> sequence
         request = ModRequest(request.y, request.cov + L, request.weights)
@@ -98,6 +106,16 @@ def _single_body(ctx: SingleContext, x: Tensor, inside: list[Pathway]) -> Tensor
     xm = mod.modulate(view.norm(x), 0, 1)                                   # (b, L+N, D)
     q, k, v, mlp = view.qkv_mlp(xm)
     q, k = view.qk_norm(split_heads(q, heads), split_heads(k, heads))
-    attn = attention(apply_rope(q, ctx.rope), apply_rope(k, ctx.rope), split_heads(v, heads))   # (b, L+N, D)
+    q, k, v = apply_rope(q, ctx.rope), apply_rope(k, ctx.rope), split_heads(v, heads)       # (b, L+N, h, c)
+    extra = [e for e in (p.single_attention(ctx, q, k, v) for p in inside) if e is not None]
+    if len(extra) > 1:
+        raise ValueError("RefComp: more than one pathway adds attention keys to one single block")
+    if extra:
+        ek, ev, bias = extra[0]
+        b, n = q.shape[0], q.shape[1]
+        full = torch.cat([bias.new_zeros(1, 1, n, n).expand(b, -1, -1, -1), bias.expand(b, -1, -1, -1)], dim=-1)
+        attn = attention(q, torch.cat([k, ek], dim=1), torch.cat([v, ev], dim=1), bias=full)
+    else:
+        attn = attention(q, k, v)                                           # (b, L+N, D)
     out = view.out(torch.cat([attn, view.mlp_act(mlp)], dim=-1))
     return x + mod.gate(out, 2)

@@ -128,8 +128,12 @@ class DiffusersFluxPatch:
 
     def __init__(self, transformer: Any, session: RefCompSession) -> None:
         dims = flux_dims(transformer)
-        session.adapter.config.check_model(hidden_size=dims.hidden_size, num_double_blocks=dims.num_double_blocks,
-                                           num_single_blocks=dims.num_single_blocks)
+        if session.adapter is not None:
+            session.adapter.config.check_model(hidden_size=dims.hidden_size, num_double_blocks=dims.num_double_blocks,
+                                               num_single_blocks=dims.num_single_blocks)
+        if session.xverse is not None and session.xverse.state.delta_block.shape[0] != dims.num_double_blocks:
+            raise ModelMismatchError(f"XVerse offsets are for {session.xverse.state.delta_block.shape[0]} double "
+                                     f"blocks, the model has {dims.num_double_blocks}; use FLUX.1")
         session.axes_dim, session.theta = dims.axes_dim, dims.theta
         self.transformer, self.session, self.dims = transformer, session, dims
         self.grid: TokenGrid | None = None
@@ -145,6 +149,8 @@ class DiffusersFluxPatch:
         for i, block in enumerate(t.single_transformer_blocks):
             block.forward = self._single_forward(i, block)
             self._patched.append(block)
+        if self.session.xverse is not None and self.session.xverse.embed is None:
+            self.session.xverse.embed = t.x_embedder
         return self
 
     def remove(self) -> None:
@@ -160,7 +166,22 @@ class DiffusersFluxPatch:
         if img_ids is None:
             raise ValueError("RefComp: FluxTransformer2DModel was called without img_ids")
         self.grid = grid_from_ids(img_ids)
-        self.session.begin_forward()
+        if self.session.xverse is None:
+            self.session.begin_forward()
+            return
+        names = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids",
+                 "guidance")
+        given = {**dict(zip(names, args)), **kwargs}
+        t, pooled, guidance = given["timestep"], given["pooled_projections"], given.get("guidance")
+        dtype = given["hidden_states"].dtype
+        zero = torch.zeros_like(t).to(dtype)
+        embed = module.time_text_embed
+        with torch.no_grad():
+            cond = embed(zero, guidance.to(dtype) * 1000, pooled) if guidance is not None \
+                and module.config.guidance_embeds else embed(zero, pooled)
+        now = float(t.flatten()[0])
+        self.session.begin_forward(cond_vec=cond, timestep=now, t0=now if self.session.t0 is None else None,
+                                   latents=given["hidden_states"])
 
     def _double_forward(self, index: int, block: Any):
         view = double_view(block, self.dims.num_heads)

@@ -4,12 +4,17 @@ The block runner (`refcomp_core.blocks.runner`) calls the active pathways of one
 their places; a pathway never edits another's code, and a host only builds views.
 
 Places in a double-stream block, in order:
-1. `img_modulation`: per-token AdaLN parameters of the image tokens (before the attention);
-2. `beside_attention`: a branch parallel to the joint attention, reading its inputs and adding to
-   the image attention output before the attention gate;
+0. `wrap_double_view`: the view the block body runs with (e.g. a LoRA on the text stream's own
+   projections); the other places still see the host's view in `ctx.view`; `before_double`
+   adjusts the block's inputs (e.g. a LoRA on x_embedder, added at the first block);
+1. `img_modulation` / `txt_modulation`: per-token AdaLN parameters of the image / text tokens
+   (before the attention);
+2. `beside_attention`: a branch parallel to the joint attention, reading its inputs (and the joint
+   keys and values) and adding to the image attention output before the attention gate;
 3. `after_attention`: reads the image tokens after the attention residual (e.g. feedback);
 4. `after_double`: runs after the whole block on its outputs (e.g. InstanceAssemble's branch).
-Places in a single-stream block: `single_modulation` (per-token AdaLN of image tokens) and
+Places in a single-stream block: `wrap_single_view`, `single_modulation` (per-token AdaLN of image
+tokens), `single_attention` (extra keys and values every row attends to, with a bias) and
 `after_single`.
 
 A pathway with `inside = True` needs the core to run the block body itself (1-3); when no active
@@ -70,12 +75,15 @@ class JointAttention:
     """What the joint attention of a double block computed, for branches beside it.
 
     xm: (b, N, D) per-token-modulated, normed image tokens; q, k, v: (b, N, D) their raw
-    projections (before QK-norm and RoPE)."""
+    projections (before QK-norm and RoPE); jk, jv: (b, L+N, h, c) the joint keys (normed, roped)
+    and values over [txt | img]."""
 
     xm: Tensor
     q: Tensor
     k: Tensor
     v: Tensor
+    jk: Tensor | None = None
+    jv: Tensor | None = None
 
 
 class Pathway:
@@ -83,7 +91,17 @@ class Pathway:
 
     inside: bool = False
 
+    def wrap_double_view(self, view: DoubleBlockView) -> DoubleBlockView:
+        return view
+
+    def before_double(self, ctx: DoubleContext, img: Tensor, txt: Tensor) -> tuple[Tensor, Tensor]:
+        return img, txt
+
     def img_modulation(self, ctx: DoubleContext) -> ModRequest | None:
+        return None
+
+    def txt_modulation(self, ctx: DoubleContext) -> ModRequest | None:
+        """cov: text-token indices."""
         return None
 
     def beside_attention(self, ctx: DoubleContext, att: JointAttention) -> tuple[Tensor, Tensor] | None:
@@ -96,7 +114,16 @@ class Pathway:
     def after_double(self, ctx: DoubleContext, img: Tensor, txt: Tensor) -> tuple[Tensor, Tensor]:
         return img, txt
 
+    def wrap_single_view(self, view: SingleBlockView) -> SingleBlockView:
+        return view
+
     def single_modulation(self, ctx: SingleContext) -> ModRequest | None:
+        return None
+
+    def single_attention(self, ctx: SingleContext, q: Tensor, k: Tensor, v: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """q, k, v: (b, L+N, h, c), normed and roped. -> extra keys and values (b, S, h, c) every row
+        also attends to, and an additive bias (b|1, 1, L+N, S) of the rows over them."""
         return None
 
     def after_single(self, ctx: SingleContext, x: Tensor) -> Tensor:

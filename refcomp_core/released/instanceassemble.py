@@ -27,17 +27,10 @@ from ..adapter import RefCompAdapter
 from ..checkpoint import save_adapter
 from ..config import IA_DOUBLE_SITES, IA_SINGLE_SITES, IAConfig, RefCompConfig
 from ..errors import CheckpointError
-from .lora_keys import LoRAModule, check_metadata, multipliers, parse_lora
+from .lora_keys import DOUBLE_MODULES, SINGLE_MODULES, check_metadata, multipliers, parse_lora, site_of
 
 log = logging.getLogger(__name__)
 
-DOUBLE_MODULES: dict[str, str] = {
-    "norm1.linear": "img_mod", "norm1_context.linear": "txt_mod", "attn.to_q": "img_q", "attn.to_k": "img_k",
-    "attn.to_v": "img_v", "attn.add_q_proj": "txt_q", "attn.add_k_proj": "txt_k", "attn.add_v_proj": "txt_v",
-    "attn.to_out.0": "img_out", "attn.to_add_out": "txt_out", "ff.net.2": "img_mlp_out",
-    "ff_context.net.2": "txt_mlp_out"}
-SINGLE_MODULES: dict[str, str] = {"norm.linear": "mod", "attn.to_q": "q", "attn.to_k": "k", "attn.to_v": "v",
-                                  "proj_mlp": "mlp_in", "proj_out": "out"}
 assert set(DOUBLE_MODULES.values()) == set(IA_DOUBLE_SITES) and set(SINGLE_MODULES.values()) == set(IA_SINGLE_SITES)
 
 
@@ -106,10 +99,7 @@ def lora_site_dims(spec: TargetSpec) -> dict[str, tuple[int, int]]:
 
 def _site(module: str) -> str:
     """diffusers module path -> our site key ('3.img_q' or 's0.q')."""
-    m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
-    if m.group(1) == "transformer_blocks":
-        return f"{m.group(2)}.{DOUBLE_MODULES[m.group(3)]}"
-    return f"s{m.group(2)}.{SINGLE_MODULES[m.group(3)]}"
+    return ".".join(site_of(module))
 
 
 def _out_rows(spec: TargetSpec) -> dict[str, int]:

@@ -29,6 +29,30 @@ log = logging.getLogger(__name__)
 
 PREFIXES = ("transformer.", "base_model.model.", "unet.")
 
+# diffusers module of a FLUX block -> RefComp's site name (the same names as the views' parts).
+DOUBLE_MODULES: dict[str, str] = {
+    "norm1.linear": "img_mod", "norm1_context.linear": "txt_mod", "attn.to_q": "img_q", "attn.to_k": "img_k",
+    "attn.to_v": "img_v", "attn.add_q_proj": "txt_q", "attn.add_k_proj": "txt_k", "attn.add_v_proj": "txt_v",
+    "attn.to_out.0": "img_out", "attn.to_add_out": "txt_out", "ff.net.2": "img_mlp_out",
+    "ff_context.net.2": "txt_mlp_out"}
+SINGLE_MODULES: dict[str, str] = {"norm.linear": "mod", "attn.to_q": "q", "attn.to_k": "k", "attn.to_v": "v",
+                                  "proj_mlp": "mlp_in", "proj_out": "out"}
+TOP_MODULES: dict[str, tuple[str, str]] = {"x_embedder": ("x", "x_embedder")}
+
+
+def site_of(module: str) -> tuple[str, str] | None:
+    """diffusers module path -> (block key, site): ("3", "img_q"), ("s0", "q"), ("x", "x_embedder");
+    None for a module RefComp has no site for."""
+    if module in TOP_MODULES:
+        return TOP_MODULES[module]
+    m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
+    if m is None:
+        return None
+    table = DOUBLE_MODULES if m.group(1) == "transformer_blocks" else SINGLE_MODULES
+    if m.group(3) not in table:
+        return None
+    return (m.group(2) if m.group(1) == "transformer_blocks" else f"s{m.group(2)}"), table[m.group(3)]
+
 
 @dataclass(frozen=True)
 class LoRAModule:
