@@ -68,7 +68,8 @@ def _run(model, lora, xv, scales: XVerseScales, rows=None, t0=1.4, **session_kw)
     """t0: the run's first timestep (the inputs' t is 0.7: half-way, outside both VAE-skip intervals)."""
     state = XVerseState(delta_shared=xv["delta_shared"], delta_block=xv["delta_block"],
                         bound=torch.nonzero(xv["mask"]).flatten(), text_cond=xv["text_cond"],
-                        ref_latents=xv["ref_latents"], ref_rope=rope_from_ids(xv["ref_ids"], (4, 6, 6), 10000.0),
+                        ref_latents=xv.get("ref_latents"),
+                        ref_rope=rope_from_ids(xv["ref_ids"], (4, 6, 6), 10000.0),
                         lam=xv["lam"], tokens_per_ref=PER)
     run = XVerseRun(state=state, loras=xverse_loras({m: (a, b, 1.0) for m, (a, b) in lora.items()}), scales=scales)
     session = RefCompSession(session_kw.pop("adapter", None), session_kw.pop("states", None),
@@ -114,3 +115,32 @@ def test_uncond_rows_are_plain_flux(setup, one_thread) -> None:
         vanilla = model(**inputs)[0]
     torch.testing.assert_close(got[0], vanilla[0], rtol=0, atol=1e-5)
     assert float((got[1] - vanilla[1]).abs().max()) > 1e-2
+
+
+def test_lambda_one_with_every_token_bound_is_plain_union_attention(setup, one_thread) -> None:
+    """lambda = 1 and no text mask: the single blocks' bias vanishes and it is plain attention over
+    [txt ; img ; R] (WEIGHTS_COMPAT §4.3)."""
+    model, lora, peft, xv, inputs = setup
+    _INPUTS[0] = inputs
+    plain = dict(xv, lam=torch.ones(REFS), text_cond=torch.ones(L, REFS, dtype=torch.bool))
+    got = _run(model, lora, plain, XVerseScales())
+    ref_model = xverse_oracle.load_peft(copy.deepcopy(model), peft)
+    with torch.no_grad():
+        want = xverse_oracle.forward(ref_model, inputs, plain, plain_union=True)
+        biased = xverse_oracle.forward(ref_model, inputs, xv)
+    assert float((got - want).abs().max()) <= 1e-5
+    assert float((got - biased).abs().max()) > 1e-3
+
+
+def test_no_references_leave_only_the_lora_altered_base_path(setup, one_thread) -> None:
+    model, lora, peft, xv, inputs = setup
+    _INPUTS[0] = inputs
+    state_free = _run(model, lora, {**xv, "delta_shared": xv["delta_shared"] * 0,
+                                    "delta_block": xv["delta_block"] * 0, "ref_latents": None}, XVerseScales())
+    ref_model = xverse_oracle.load_peft(copy.deepcopy(model), peft)
+    with torch.no_grad():
+        want = xverse_oracle.forward(ref_model, inputs, {**xv, "delta_shared": xv["delta_shared"] * 0,
+                                                         "delta_block": xv["delta_block"] * 0}, refs=False)
+        vanilla = model(**inputs)[0]
+    assert float((state_free - want).abs().max()) <= 1e-5
+    assert float((state_free - vanilla).abs().max()) > 1e-3                   # the LoRA alone changes FLUX

@@ -47,9 +47,11 @@ def heads(x, h):
 
 
 def forward(model, inp: dict, xv: dict, *, g: float = 1.0, lat_sb: float = 0.85, ref_sb: float = 1.3,
-            refs: bool = True) -> torch.Tensor:
+            refs: bool = True, plain_union: bool = False, after_double=None, after_single=None) -> torch.Tensor:
     """xv: delta_shared (L, D), delta_block (nd, L, D), mask (L,) bool, text_cond (L, r) bool,
-    ref_latents (S, C), ref_ids (S, 3), lam (r,) float."""
+    ref_latents (S, C), ref_ids (S, 3), lam (r,) float. plain_union: single blocks attend over
+    [txt ; img ; R] with no bias at all. after_double(i, block, hs, temb) / after_single(i, block, hs, temb)
+    -> hs: another method's branch inserted after a block (for the composition test)."""
     h = model.config.num_attention_heads
     with scaled(model.x_embedder, g):
         hs = model.x_embedder(inp["hidden_states"])
@@ -106,7 +108,9 @@ def forward(model, inp: dict, xv: dict, *, g: float = 1.0, lat_sb: float = 0.85,
             r = r + rg_msa[:, None] * r_o
             with scaled(blk.ff.net[2], g):
                 r = r + rg_mlp[:, None] * blk.ff(blk.norm2(r) * (1 + rsc[:, None]) + rsh[:, None])
-    for blk in model.single_transformer_blocks:
+        if after_double is not None:
+            hs = after_double(b, blk, hs, temb)
+    for s_index, blk in enumerate(model.single_transformer_blocks):
         a = blk.attn
         x = torch.cat([ehs, hs], dim=1)
         xn, gate = blk.norm(x, emb=temb)
@@ -129,7 +133,7 @@ def forward(model, inp: dict, xv: dict, *, g: float = 1.0, lat_sb: float = 0.85,
                 for i in range(L):
                     bias[i, cols] = logl if bool(xv["text_cond"][i, j]) else -math.inf
                 bias[L:L + N, cols] = logl
-            o = F.scaled_dot_product_attention(fq, fk, fv, attn_mask=bias)
+            o = F.scaled_dot_product_attention(fq, fk, fv, attn_mask=None if plain_union else bias)
             o = o.transpose(1, 2).flatten(2)
             o_x, o_r = o[:, :L + N], o[:, L + N:]
             with scaled(blk.proj_out, ref_sb):
@@ -139,4 +143,6 @@ def forward(model, inp: dict, xv: dict, *, g: float = 1.0, lat_sb: float = 0.85,
         with scaled(blk.proj_out, lat_sb):
             x = x + gate[:, None] * blk.proj_out(torch.cat([o_x, mlp], dim=2))
         ehs, hs = x[:, :L], x[:, L:]
+        if after_single is not None:
+            hs = after_single(s_index, blk, hs, temb)
     return model.proj_out(model.norm_out(hs, temb))
