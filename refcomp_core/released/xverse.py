@@ -194,14 +194,14 @@ def convert(*, adapter_dir: str | os.PathLike, lora: str | os.PathLike, out: str
               "adapter_config_sha256": sha256(folder / "config.json"), "adapter_weights": weight_file.name,
               "adapter_weights_sha256": sha256(weight_file), "lora": os.path.basename(os.fspath(lora)),
               "lora_sha256": sha256(lora), "lora_modules": len(sites), "lora_dropped": dropped}
-    meta = {"format": "refcomp", "kind": KIND, "xverse_config": config.to_json(), "base_model": json.dumps("FLUX.1"),
-            "source": json.dumps(source, sort_keys=True)}
+    meta = {"format": "refcomp", "kind": KIND, "xverse_config": config.to_json(),
+            "base_model": json.dumps("FLUX.1-dev"), "source": json.dumps(source, sort_keys=True)}
     _write_atomic(out, tensors, meta)
     ranks = sorted({r for r, _ in config.lora.values()})
     log.info("XVerse: %d adapter tensors (%s parameters, from %s), %d LoRA modules kept (rank %s), %d never-active "
              "LoRA modules dropped", len(weights), f"{sum(t.numel() for t in weights.values()):,}", weight_file.name,
              len(sites), ranks[0] if len(ranks) == 1 else ranks, dropped)
-    return XVerseInfo(config=config, source=source, base_model="FLUX.1")
+    return XVerseInfo(config=config, source=source, base_model="FLUX.1-dev")
 
 
 def _check_against_modules(tensors: dict[str, torch.Tensor], config: XVerseConfig) -> None:

@@ -67,7 +67,8 @@ class XVerseConfig:
                      "time_embedding_dim"):
             _positive(name, getattr(self, name))
         if not _is_int(self.pblock_single_blocks) or self.pblock_single_blocks < 0:
-            raise ValueError(f"XVerseConfig.pblock_single_blocks must be an int >= 0, got {self.pblock_single_blocks!r}")
+            raise ValueError("XVerseConfig.pblock_single_blocks must be an int >= 0, got "
+                             f"{self.pblock_single_blocks!r}")
         if self.mlp_hidden is None:
             object.__setattr__(self, "mlp_hidden", 4 * self.out_dim)
         _positive("mlp_hidden", self.mlp_hidden)
@@ -122,7 +123,8 @@ class XVerseConfig:
         return {k: getattr(self, k) for k in RELEASED_KEYS}
 
     @classmethod
-    def from_released(cls, config: dict[str, Any], *, source: str = "config.json", **transformer: Any) -> "XVerseConfig":
+    def from_released(cls, config: dict[str, Any], *, source: str = "config.json",
+                      **transformer: Any) -> "XVerseConfig":
         """From the released config.json (a dict). `transformer` sets num_double_blocks, num_single_blocks,
         in_channels, mlp_hidden and lora. Raises CheckpointError naming any missing, unknown or bad key."""
         if not isinstance(config, dict):

@@ -22,10 +22,10 @@ def t5():
     "ster" without a "▁ham" piece, so "hamster" alone is [3, ham, ster] as in the real T5."""
     from transformers import T5Tokenizer
 
-    words = ["▁a", "▁man", "▁woman", "▁cat", "▁and", "▁wearing", "▁tiny", "▁hat", "▁in", "▁the", "▁park", "▁an"]
+    words = ["a", "man", "woman", "cat", "and", "wearing", "tiny", "hat", "in", "the", "park", "an"]
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0), ("ham", -1.0), ("ster", -1.0),
               ("(", -2.0), (")", -2.0)]
-    pieces += [(w.replace("▁", "\u2581"), -1.0) for w in words]
+    pieces += [(f"\u2581{w}", -1.0) for w in words]
     pieces += [(c, -3.0) for c in string.ascii_lowercase] + [(f"\u2581{c}", -2.5) for c in string.ascii_lowercase]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=LENGTH)
 
