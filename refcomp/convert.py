@@ -2,9 +2,12 @@
 
     refcomp convert instanceassemble --layout flux/layout.pth --lora flux/pytorch_lora_weights.safetensors \
         --out models/refcomp/instanceassemble_flux1.safetensors
+    refcomp convert xverse --adapter XVerse/modulation_adapter --lora XVerse/pytorch_lora_weights.safetensors \
+        --out models/refcomp/xverse_flux1.safetensors
 
 The output loads in ComfyUI (Load RefComp Model, from models/refcomp/) and in `refcomp compose --adapter`.
-This command is the only place a pickle (`layout.pth`) is ever read, with `torch.load(weights_only=True)`.
+This command is the only place a pickle (`layout.pth`, a `diffusion_pytorch_model.bin`) is ever read,
+with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ log = logging.getLogger("refcomp")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("convert", help="convert released InstanceAssemble weights into a RefComp checkpoint",
+    p = sub.add_parser("convert", help="convert released InstanceAssemble or XVerse weights into a RefComp file",
                        description="Convert released weights once into one RefComp .safetensors file.")
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
     ia = methods.add_parser("instanceassemble", help="InstanceAssemble's FLUX.1 layout.pth + LoRA",
@@ -27,38 +30,83 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ia.add_argument("--lora", required=True, help="InstanceAssemble's flux/pytorch_lora_weights.safetensors")
     ia.add_argument("--out", required=True, help="output RefComp checkpoint (.safetensors), e.g. "
                                                  "ComfyUI/models/refcomp/instanceassemble_flux1.safetensors")
-    ia.add_argument("--transformer-config", help="a diffusers FLUX transformer config.json to convert for "
-                                                 "(default: FLUX.1-dev/-schnell, hidden 3072, 19 + 38 blocks)")
+    ia.add_argument("--transformer-config", help=TRANSFORMER_CONFIG_HELP)
+    xv = methods.add_parser("xverse", help="XVerse's FLUX.1-dev modulation adapter + LoRA",
+                            description="XVerse (ByteDance) FLUX.1-dev weights: the modulation_adapter/ folder "
+                                        "(config.json + diffusion_pytorch_model.safetensors or .bin) and "
+                                        "pytorch_lora_weights.safetensors from its release.")
+    xv.add_argument("--adapter", required=True, help="XVerse's modulation_adapter/ folder (config.json + weights; "
+                                                     "a .bin is read weights-only)")
+    xv.add_argument("--lora", required=True, help="XVerse's pytorch_lora_weights.safetensors")
+    xv.add_argument("--out", required=True, help="output file (.safetensors), e.g. "
+                                                 "ComfyUI/models/refcomp/xverse_flux1.safetensors")
+    xv.add_argument("--transformer-config", help=TRANSFORMER_CONFIG_HELP)
     return p
 
 
-def check_out(path: str) -> Path:
+TRANSFORMER_CONFIG_HELP = ("a diffusers FLUX transformer config.json to convert for (default: FLUX.1-dev/-schnell, "
+                           "hidden 3072, 19 + 38 blocks)")
+
+
+def check_out(path: str, example: str = "instanceassemble.safetensors") -> Path:
     out = Path(path)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out: {out} must end in .safetensors (RefComp writes safetensors only)")
     if out.is_dir():
-        raise ValueError(f"--out: {out} is a folder; give a file name such as {out / 'instanceassemble.safetensors'}")
+        raise ValueError(f"--out: {out} is a folder; give a file name such as {out / example}")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out: the folder {out.parent} does not exist; create it first")
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def transformer_config(args: argparse.Namespace) -> dict | None:
+    """The --transformer-config JSON, or None when not given."""
     from refcomp_core.errors import CheckpointError
+
+    if not args.transformer_config:
+        return None
+    path = Path(args.transformer_config)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"--transformer-config {path}: not a readable config.json ({err})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.method == "xverse":
+        return run_xverse(args)
     from refcomp_core.released.instanceassemble import FLUX1, TargetSpec, convert
 
     out = check_out(args.out)
-    spec = FLUX1
-    if args.transformer_config:
-        path = Path(args.transformer_config)
-        try:
-            spec = TargetSpec.from_diffusers_config(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"--transformer-config {path}: not a readable config.json ({err})") from None
+    config = transformer_config(args)
+    spec = FLUX1 if config is None else TargetSpec.from_diffusers_config(config)
     adapter = convert(layout=args.layout, lora=args.lora, out=out, spec=spec)
     cfg = adapter.config.instanceassemble
     ranks = sorted({r for r, _ in cfg.lora.values()})
     log.info("wrote %s: InstanceAssemble layout pathway for hidden size %d (layout blocks %s + single %s, "
              "%d LoRA sites, rank %s)", out, spec.hidden_size, list(cfg.double_blocks), list(cfg.single_blocks),
              len(cfg.lora), ranks[0] if len(ranks) == 1 else ranks)
+    return 0
+
+
+def run_xverse(args: argparse.Namespace) -> int:
+    from refcomp_core.errors import CheckpointError
+    from refcomp_core.released.instanceassemble import FLUX1, TargetSpec
+    from refcomp_core.released.xverse import FLUX1_IN_CHANNELS, convert
+
+    out = check_out(args.out, "xverse_flux1.safetensors")
+    config = transformer_config(args)
+    spec, in_channels = FLUX1, FLUX1_IN_CHANNELS
+    if config is not None:
+        spec = TargetSpec.from_diffusers_config(config)
+        in_channels = config.get("in_channels")
+        if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels <= 0:
+            raise CheckpointError(f"--transformer-config {args.transformer_config}: in_channels is {in_channels!r}; "
+                                  "not a diffusers FluxTransformer2DModel config")
+    info = convert(adapter_dir=args.adapter, lora=args.lora, out=out, spec=spec, in_channels=in_channels)
+    cfg = info.config
+    ranks = sorted({r for r, _ in cfg.lora.values()})
+    log.info("wrote %s: XVerse adapter (width %d / %d, %d + %d resampler layers) and %d LoRA sites (rank %s) for "
+             "hidden size %d, %d double blocks", out, cfg.width, cfg.pblock_width, cfg.layers, cfg.pblock_layers,
+             len(cfg.lora), ranks[0] if len(ranks) == 1 else ranks, cfg.out_dim, cfg.num_double_blocks)
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -175,6 +176,17 @@ def parse_lora(tensors: dict[str, torch.Tensor], *, num_double: int, num_single:
     return out
 
 
+def check_dims(modules: dict[str, LoRAModule], dims: dict[str, tuple[int, int]], source: str, hidden_size: int) -> None:
+    """Raise CheckpointError naming the first module whose lora_A is not (rank, in) or lora_B not (out, rank),
+    with dims: module -> (in, out) of the model the file must fit."""
+    for module, lora in modules.items():
+        want_in, want_out = dims[module]
+        if lora.down.shape[1] != want_in or lora.up.shape[0] != want_out:
+            raise CheckpointError(f"{source}: {module} has lora_A {tuple(lora.down.shape)} / lora_B "
+                                  f"{tuple(lora.up.shape)}; a model of hidden size {hidden_size} needs "
+                                  f"(rank, {want_in}) / ({want_out}, rank)")
+
+
 def multipliers(modules: dict[str, LoRAModule], source: str) -> dict[str, float]:
     """Effective multiplier per module as diffusers 0.33.1 applies it (see the module docstring)."""
     if not modules:
@@ -191,6 +203,26 @@ def multipliers(modules: dict[str, LoRAModule], source: str) -> dict[str, float]
         raise CheckpointError(f"{source}: LoRA ranks differ between modules ({ranks}) and the file has no alphas; "
                               "diffusers versions scale such files differently, so RefComp refuses it")
     return {m: 1.0 for m in modules}
+
+
+def read_lora_file(path: str | os.PathLike, method: str) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """The tensors and the metadata header of a released `pytorch_lora_weights.safetensors` of `method`.
+    Refuses a missing file, a pickle and a damaged file, naming the path."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--lora: {method} LoRA file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        raise CheckpointError(f"--lora {path}: not a safetensors file; {method} releases "
+                              "pytorch_lora_weights.safetensors")
+    try:
+        with safe_open(path, "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    except Exception as err:           # safetensors raises its own SafetensorError for damaged files
+        raise CheckpointError(f"--lora {path}: a damaged safetensors file ({err})") from None
 
 
 def check_metadata(metadata: dict[str, str] | None, modules: dict[str, LoRAModule], source: str) -> None:
