@@ -22,6 +22,7 @@ from .pathways.token_mod import FgModulation
 from .pathways.xverse import XVerseDouble, XVerseSingle, XVerseScales, XVerseState
 from .rope import Rope, rope_from_ids
 from .state import CompositionState
+from .xverse.presets import VAE_SKIP, parse_schedule, schedule_value
 
 Rows = tuple[int, int]
 
@@ -36,16 +37,16 @@ class XVerseRun:
     state: XVerseState
     loras: dict
     scales: XVerseScales = field(default_factory=XVerseScales)
-    skip: tuple[tuple[float, float], ...] = ((0.0, 0.05), (0.8, 1.0))
+    vae_skip: str = VAE_SKIP
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def refs_on(self, t: float | None, t0: float | None) -> bool:
-        """XVerse's VAE-skip rule on the timestep value: part "a-b" skips t in [(1-b) t0, (1-a) t0]."""
+        """XVerse's VAE-skip rule on the timestep value (window a-b: (1-b) t0 <= t <= (1-a) t0)."""
         if self.state.ref_latents is None or self.state.num_refs == 0:
             return False
         if t is None or t0 is None:
             return True
-        return not any((1 - b) * t0 <= t <= (1 - a) * t0 for a, b in self.skip)
+        return schedule_value(t, t0, parse_schedule(self.vae_skip)) == 0
 
 
 @dataclass(frozen=True)
