@@ -13,6 +13,7 @@ Axis letters: r references, n instances, c channels.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -23,8 +24,13 @@ import torch
 from PIL import Image
 
 from refcomp_core import InstanceFeatures, Layout
+from refcomp_core.errors import ModelMismatchError
+from refcomp_core.values import one_line
 
 log = logging.getLogger(__name__)
+
+CLIP_MODEL_TYPES: tuple[str, ...] = ("clip_vision_model", "clip")     # a vision-only or a full CLIPModel folder
+DINO_MODEL_TYPES: tuple[str, ...] = ("dinov2",)
 
 
 @dataclass
@@ -62,6 +68,56 @@ def _folder(path: str | os.PathLike, flag: str, what: str) -> str:
     return str(p)
 
 
+def read_json_file(path: Path, flag: str) -> Any:
+    """A model folder's JSON file; ModelMismatchError naming it when it is damaged."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as err:
+        raise ModelMismatchError(f"{flag}: {path} is not readable JSON ({one_line(err)}); the folder is damaged: "
+                                 "download or save the model again") from None
+
+
+def read_model_type(folder: str, flag: str) -> str:
+    """`model_type` of a transformers folder's config.json (ModelMismatchError naming the file otherwise)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ModelMismatchError(f"{flag}: no config.json in {folder}; pass a folder saved with save_pretrained")
+    config = read_json_file(path, flag)
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str):
+        raise ModelMismatchError(f"{flag}: {path} names no model_type; pass a folder saved with save_pretrained")
+    return model_type
+
+
+def _load_checked(model_class: Any, folder: str, flag: str, what: str, accepted: tuple[str, ...],
+                  dtype: torch.dtype) -> Any:
+    """`model_class` from `folder`, refused before loading unless its config's model_type is
+    `accepted`, and after loading if any weight was missing (a randomly initialised model)."""
+    found = read_model_type(folder, flag)
+    if found not in accepted:
+        raise ModelMismatchError(f"{flag}: {folder} holds a {found!r} model (config.json model_type), not {what} "
+                                 f"({' or '.join(map(repr, accepted))}); pass the {what} folder")
+    try:
+        model, info = model_class.from_pretrained(folder, local_files_only=True, output_loading_info=True,
+                                                  **dtype_kwarg("transformers", "4.56", dtype))
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelMismatchError(f"{flag}: cannot load {what} from {folder} ({one_line(err)}); download or save "
+                                 "the model again") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelMismatchError(f"{flag}: {folder} lacks {len(missing)} {what} weight(s) (e.g. {missing[0]}); "
+                                 "they would be random: pass a complete folder")
+    return model
+
+
+def _processor(processor_class: Any, folder: str, flag: str) -> Any:
+    try:
+        return processor_class.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelMismatchError(f"{flag}: cannot load the image processor from {folder} ({one_line(err)}); the "
+                                 "folder needs preprocessor_config.json") from None
+
+
 def load_clip_image(path: str | os.PathLike, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(CLIPVisionModelWithProjection, CLIPImageProcessor) from a local folder.
@@ -69,9 +125,8 @@ def load_clip_image(path: str | os.PathLike, *, device: str | torch.device = "cp
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     folder = _folder(path, "--clip", "CLIP-L image encoder")
-    model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True,
-                                                          **dtype_kwarg("transformers", "4.56", dtype))
-    processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
+    model = _load_checked(CLIPVisionModelWithProjection, folder, "--clip", "CLIP", CLIP_MODEL_TYPES, dtype)
+    processor = _processor(CLIPImageProcessor, folder, "--clip")
     return model.to(device).eval().requires_grad_(False), processor
 
 
@@ -81,8 +136,8 @@ def load_dino(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     from transformers import AutoImageProcessor, Dinov2Model
 
     folder = _folder(path, "--dino", "DINOv2")
-    model = Dinov2Model.from_pretrained(folder, local_files_only=True, **dtype_kwarg("transformers", "4.56", dtype))
-    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    model = _load_checked(Dinov2Model, folder, "--dino", "DINOv2", DINO_MODEL_TYPES, dtype)
+    processor = _processor(AutoImageProcessor, folder, "--dino")
     return model.to(device).eval().requires_grad_(False), processor
 
 

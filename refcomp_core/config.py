@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import CheckpointError
+from .limits import MAX_FILE_BLOCKS, MAX_FILE_DIM, MAX_FILE_FREQS, MAX_FILE_POINTS
+from .values import finite_float, show
 
 FORMAT_VERSION = 1
 
@@ -114,24 +116,14 @@ class RefCompConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "RefCompConfig":
+    def from_json(cls, text: str, *, source: str = "refcomp_config") -> "RefCompConfig":
+        """The config saved in a checkpoint's metadata. Anything but a sound config raises
+        `CheckpointError` starting with `source` (e.g. "FILE: refcomp_config") and naming the field."""
+        kwargs = config_kwargs(text, source)
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"refcomp_config metadata is not valid JSON ({err}); the file is damaged "
-                                  "or was not written by RefComp") from err
-        version = data.get("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
-            raise CheckpointError(f"refcomp_config format_version {version} is newer than this RefComp "
-                                  f"understands ({FORMAT_VERSION}); upgrade RefComp")
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = {k: v for k, v in data.items() if k not in known}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("lora_targets", "layout_blocks"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = tuple(kwargs[key])
-        kwargs["extra"] = {**kwargs.get("extra", {}), **extra}
-        return cls(**kwargs)
+            return cls(**kwargs)
+        except ValueError as err:           # the class's own invariants, e.g. heads dividing the width
+            raise CheckpointError(f"{source}: {err}; the file is damaged or was not written by RefComp") from None
 
     def check_model(self, *, hidden_size: int, num_double_blocks: int, num_single_blocks: int) -> None:
         """Raise `CheckpointError` naming both numbers when the model does not fit this adapter."""
@@ -143,3 +135,78 @@ class RefCompConfig:
                 raise CheckpointError(
                     f"this RefComp checkpoint was trained for a FLUX model with {what} {ours}, but the model "
                     f"given has {what} {theirs}; load a checkpoint trained for this model")
+
+
+def _int_bounds() -> dict[str, tuple[int, int]]:
+    """Bounds of the integer fields of a config read from a file (refcomp_core.limits)."""
+    dims = ("hidden_size", "num_heads", "clip_dim", "dino_dim", "text_dim", "visual_dim", "alpha_hidden",
+            "bridge_rank", "lora_rank")
+    return {**{name: (1, MAX_FILE_DIM) for name in dims}, "num_double_blocks": (1, MAX_FILE_BLOCKS),
+            "num_single_blocks": (0, MAX_FILE_BLOCKS), "dense_k": (1, MAX_FILE_POINTS),
+            "fourier_freqs": (1, MAX_FILE_FREQS), "max_instances": (1, 1 << 20), "format_version": (0, 1 << 20)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """Why `value` cannot be the field `name` of a config read from a file (None when it can)."""
+    bounds = _int_bounds()
+    if name in bounds:
+        low, high = bounds[name]
+        return None if _is_int(value) and low <= value <= high else f"an integer in [{low}, {high}]"
+    if name in ("fourier_temperature", "lora_scale"):
+        number = finite_float(value)
+        if name == "fourier_temperature":
+            return None if number is not None and number > 0 else "a finite number > 0"
+        return None if number is not None else "a finite number"
+    if name == "modulation_rank":
+        return None if value == "full" or (_is_int(value) and 1 <= value <= MAX_FILE_DIM) else \
+            f"an integer in [1, {MAX_FILE_DIM}] or \"full\""
+    if name == "lora_targets":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of names"
+    if name == "layout_blocks":
+        ok = value is None or (isinstance(value, list) and len(value) <= MAX_FILE_BLOCKS
+                               and all(_is_int(v) for v in value))
+        return None if ok else "null or a list of double-block indices"
+    if name == "assemble_output":
+        return None if isinstance(value, str) else "\"gate\" or \"linear\""
+    if name == "extra":
+        return None if isinstance(value, dict) else "an object"
+    return None
+
+
+def config_kwargs(text: Any, source: str) -> dict[str, Any]:
+    """Keyword arguments of RefCompConfig from its JSON text, every field type- and
+    bound-checked; `CheckpointError` starting with `source` and naming the field otherwise.
+    Unknown keys go to `extra`."""
+    if not isinstance(text, str):
+        raise CheckpointError(f"{source}: expected JSON text, got {type(text).__name__}; the file is damaged")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"{source}: not valid JSON ({type(err).__name__}); the file is damaged or was not "
+                              "written by RefComp") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(data).__name__}; the file is damaged")
+    version = data.get("format_version", FORMAT_VERSION)
+    if _is_int(version) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{source}: format_version {version} is newer than this RefComp "
+                              f"understands ({FORMAT_VERSION}); upgrade RefComp")
+    fields = {f.name: f for f in dataclasses.fields(RefCompConfig)}
+    for name in fields:
+        if name in data:
+            problem = _field_problem(name, data[name])
+            if problem:
+                raise CheckpointError(f"{source}: field {name} must be {problem}, got {show(data[name])}; the file "
+                                      "is damaged or was not written by RefComp")
+        elif fields[name].default is dataclasses.MISSING and fields[name].default_factory is dataclasses.MISSING:
+            raise CheckpointError(f"{source}: field {name} is missing; the file is damaged or was not written by "
+                                  "RefComp")
+    kwargs = {k: v for k, v in data.items() if k in fields}
+    for key in ("lora_targets", "layout_blocks"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    kwargs["extra"] = {**kwargs.get("extra", {}), **{k: v for k, v in data.items() if k not in fields}}
+    return kwargs

@@ -198,9 +198,10 @@ def test_cli_errors_exit_2_with_message(tiny, tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert cli.main(cli_args(tiny, tmp_path / "ok.json", tmp_path / "o.png", "--adapter", str(pickled))) == 2
     assert "safetensors" in caplog.text and "Traceback" not in caplog.text
-    with pytest.raises(SystemExit) as exit_info:       # neither --adapter nor --init-adapter
-        cli.main(["compose", "--layout", str(layout), "--flux", str(tiny.flux), "--out", "x.png"])
-    assert exit_info.value.code == 2
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):                 # neither --adapter nor --init-adapter
+        assert cli.main(["compose", "--layout", str(layout), "--flux", str(tiny.flux), "--out", "x.png"]) == 2
+    assert "--adapter --init-adapter is required" in caplog.text
 
 
 def test_console_script_compose(tiny, tmp_path):
