@@ -29,9 +29,6 @@ from refcomp_core.values import one_line
 
 log = logging.getLogger(__name__)
 
-CLIP_MODEL_TYPES: tuple[str, ...] = ("clip_vision_model", "clip")     # a vision-only or a full CLIPModel folder
-DINO_MODEL_TYPES: tuple[str, ...] = ("dinov2",)
-
 
 @dataclass
 class ImageEncoders:
@@ -89,33 +86,51 @@ def read_model_type(folder: str, flag: str) -> str:
     return model_type
 
 
-def _load_checked(model_class: Any, folder: str, flag: str, what: str, accepted: tuple[str, ...],
-                  dtype: torch.dtype) -> Any:
-    """`model_class` from `folder`, refused before loading unless its config's model_type is
-    `accepted`, and after loading if any weight was missing (a randomly initialised model)."""
+# flag -> (what it is, accepted config.json model_type values)
+ENCODER_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--clip": ("CLIP", ("clip_vision_model", "clip")),      # a vision-only or a full CLIPModel folder
+    "--dino": ("DINOv2", ("dinov2",)),
+}
+
+
+def check_encoder_folder(path: str | os.PathLike, flag: str) -> str:
+    """The folder of the `flag` encoder, refused (before anything loads) unless its config.json
+    names the right model type: transformers would otherwise load, e.g., a CLIP folder into a
+    DINOv2 model with random weights."""
+    what, accepted = ENCODER_KINDS[flag]
+    folder = _folder(path, flag, what)
     found = read_model_type(folder, flag)
     if found not in accepted:
         raise ModelMismatchError(f"{flag}: {folder} holds a {found!r} model (config.json model_type), not {what} "
                                  f"({' or '.join(map(repr, accepted))}); pass the {what} folder")
+    return folder
+
+
+def check_encoder_folders(clip: str | os.PathLike | None, dino: str | os.PathLike | None) -> None:
+    """`check_encoder_folder` for each encoder given (cheap: reads two config.json files)."""
+    for flag, path in (("--clip", clip), ("--dino", dino)):
+        if path is not None:
+            check_encoder_folder(path, flag)
+
+
+def _load_checked(model_class: Any, processor_class: Any, path: str | os.PathLike, flag: str,
+                  dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, processor) from a checked folder; refused if any weight was missing (it
+    would be random) or the folder cannot be loaded."""
+    what, _ = ENCODER_KINDS[flag]
+    folder = check_encoder_folder(path, flag)
     try:
         model, info = model_class.from_pretrained(folder, local_files_only=True, output_loading_info=True,
                                                   **dtype_kwarg("transformers", "4.56", dtype))
+        processor = processor_class.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise ModelMismatchError(f"{flag}: cannot load {what} from {folder} ({one_line(err)}); download or save "
-                                 "the model again") from None
+        raise ModelMismatchError(f"{flag}: cannot load {what} from {folder} ({one_line(err)}); the folder needs "
+                                 "config.json, the weights and preprocessor_config.json: save it again") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise ModelMismatchError(f"{flag}: {folder} lacks {len(missing)} {what} weight(s) (e.g. {missing[0]}); "
                                  "they would be random: pass a complete folder")
-    return model
-
-
-def _processor(processor_class: Any, folder: str, flag: str) -> Any:
-    try:
-        return processor_class.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelMismatchError(f"{flag}: cannot load the image processor from {folder} ({one_line(err)}); the "
-                                 "folder needs preprocessor_config.json") from None
+    return model, processor
 
 
 def load_clip_image(path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -124,9 +139,7 @@ def load_clip_image(path: str | os.PathLike, *, device: str | torch.device = "cp
     A full CLIPModel folder (e.g. clip-vit-large-patch14) also works."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    folder = _folder(path, "--clip", "CLIP-L image encoder")
-    model = _load_checked(CLIPVisionModelWithProjection, folder, "--clip", "CLIP", CLIP_MODEL_TYPES, dtype)
-    processor = _processor(CLIPImageProcessor, folder, "--clip")
+    model, processor = _load_checked(CLIPVisionModelWithProjection, CLIPImageProcessor, path, "--clip", dtype)
     return model.to(device).eval().requires_grad_(False), processor
 
 
@@ -135,9 +148,7 @@ def load_dino(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     """(Dinov2Model, image processor) from a local folder."""
     from transformers import AutoImageProcessor, Dinov2Model
 
-    folder = _folder(path, "--dino", "DINOv2")
-    model = _load_checked(Dinov2Model, folder, "--dino", "DINOv2", DINO_MODEL_TYPES, dtype)
-    processor = _processor(AutoImageProcessor, folder, "--dino")
+    model, processor = _load_checked(Dinov2Model, AutoImageProcessor, path, "--dino", dtype)
     return model.to(device).eval().requires_grad_(False), processor
 
 

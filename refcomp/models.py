@@ -20,7 +20,7 @@ from refcomp_core.errors import CheckpointError, ModelMismatchError
 from refcomp_core.hosts.diffusers_flux import config_for, flux_dims
 from refcomp_core.values import one_line, show
 
-from .encoders import ImageEncoders, dtype_kwarg, load_image_encoders, read_json_file
+from .encoders import ImageEncoders, check_encoder_folders, dtype_kwarg, load_image_encoders, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,9 @@ def load_models(flux: str | os.PathLike | Any, *, adapter: str | os.PathLike | R
                          "run with a freshly initialised adapter instead (for testing: equals vanilla FLUX)")
     if adapter is not None and init_adapter:
         raise ValueError("--adapter and --init-adapter are exclusive; pass one of them")
+    check_encoder_folders(clip, dino)    # wrong or damaged folders fail before FLUX is loaded
     if adapter is not None and not isinstance(adapter, RefCompAdapter):
-        read_info(adapter)           # a missing / pickle / foreign file fails before FLUX is loaded
+        read_info(adapter)           # so does a missing / pickle / foreign / damaged adapter file
     pipe = flux if hasattr(flux, "transformer") else load_flux(flux, device=device, dtype=torch_dtype)
     encoders = load_image_encoders(clip, dino, device=device, dtype=torch_dtype)
     text_dim = int(pipe.text_encoder.config.hidden_size)

@@ -70,7 +70,7 @@ class RefCompConfig:
             raise ValueError(f"RefCompConfig.hidden_size ({self.hidden_size}) must be divisible by "
                              f"num_heads ({self.num_heads})")
         if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError("RefCompConfig: head dim must be even for RoPE")
+            raise ValueError(f"RefCompConfig: head dim hidden_size / num_heads = {self.head_dim} must be even for RoPE")
         if self.modulation_rank != "full" and (not isinstance(self.modulation_rank, int) or self.modulation_rank <= 0):
             raise ValueError(f"RefCompConfig.modulation_rank must be a positive int or 'full', "
                              f"got {self.modulation_rank!r}")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from compose_fixtures import T5_LEN, TinyModels, build_tiny_models, tiny_layout
+from compose_fixtures import T5_LEN, TinyModels, tiny_layout
 from refcomp import cli
 from refcomp.compose import compose, compose_run
 from refcomp.models import fresh_adapter, load_models
@@ -27,11 +27,6 @@ from refcomp_core.errors import CheckpointError, LayoutError, MissingEncoderErro
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RUN = dict(steps=3, max_sequence_length=T5_LEN, prompt="a cat in the tree", seed=7)
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> TinyModels:
-    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 
 
 @pytest.fixture(scope="module")
