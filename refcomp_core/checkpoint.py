@@ -134,8 +134,12 @@ def check_tensor_table(path: str, header: dict[str, Any], cfg: RefCompConfig) ->
     """Every tensor `cfg` needs is in the header with its shape, a float dtype and a byte
     range inside the file; nothing else is. Shapes come from a meta-device adapter, so
     nothing is allocated however large the config claims to be."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in RefCompAdapter(cfg).state_dict().items()}
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in RefCompAdapter(cfg).state_dict().items()}
+    except ValueError as err:                     # invariants the modules check (e.g. dino_dim == visual_dim)
+        raise CheckpointError(f"{path}: refcomp_config: {err}; the file is damaged or was not written by "
+                              "RefComp") from None
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     missing, unexpected = sorted(set(expected) - set(entries)), sorted(set(entries) - set(expected))
     if missing or unexpected:

@@ -86,7 +86,7 @@ class RefCompConfig:
             bad = [b for b in self.layout_blocks if not 0 <= b < self.num_double_blocks]
             if bad or len(set(self.layout_blocks)) != len(self.layout_blocks):
                 raise ValueError(f"RefCompConfig.layout_blocks {list(self.layout_blocks)} must be distinct "
-                                 f"double-block indices in [0, {self.num_double_blocks})")
+                                 f"double-block indices in [0, num_double_blocks={self.num_double_blocks})")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
     @property
