@@ -8,7 +8,9 @@ with (or names) `place` and fits on one line. Anything else fails the test.
 from __future__ import annotations
 
 import math
+import struct
 import sys
+import zlib
 from typing import Any, Callable
 
 from hypothesis import strategies as st
@@ -86,3 +88,11 @@ def accepted_or_ours(fn: Callable[[], Any], error: type[BaseException], place: s
         text = one_line_message(err)
         assert any(p in text for p in places), f"{type(err).__name__} does not name {places}: {text}"
         return err
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height and holds no pixel data (nothing to decode)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from hostile_strategies import EDGE_NUMBERS, EDGE_TEXT, accepted_or_ours, json_values, texts
+from hostile_strategies import EDGE_NUMBERS, EDGE_TEXT, accepted_or_ours, json_values, png_declaring, texts
 from refcomp_core import Layout, LayoutError
 from refcomp_core.errors import ReferenceImageError
 from refcomp_pack.nodes import layout_tools, references
@@ -51,16 +49,9 @@ def test_overrides_still_read_both_forms():
         layout_tools.parse_overrides("0: 0.5", 0)
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
-        chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize("name, data, message", [
-    ("bomb.png", _png_declaring(30000, 30000), "declares more pixels"),     # was DecompressionBombError
-    ("big.png", _png_declaring(9000, 9000), "is 9000x9000 px"),
+    ("bomb.png", png_declaring(30000, 30000), "declares more pixels"),     # was DecompressionBombError
+    ("big.png", png_declaring(9000, 9000), "is 9000x9000 px"),
     ("broken.png", b"\x89PNG\r\n\x1a\nbroken", "cannot read the image"),   # was a raw PIL error
     ("empty.jpg", b"", "cannot read the image"),
 ])

@@ -3,8 +3,6 @@ truncated and oversized files give a ReferenceImageError naming the file and the
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from hostile_strategies import accepted_or_ours
+from hostile_strategies import accepted_or_ours, png_declaring
 from refcomp.refs import load_references, read_reference
 from refcomp_core.errors import ReferenceImageError
 from refcomp_core.limits import MAX_IMAGE_PIXELS
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height (no pixel data: nothing to decode)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
-        chunk(b"IEND", b"")
 
 
 def encoded(fmt: str, mode: str = "RGB") -> bytes:
