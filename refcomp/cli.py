@@ -135,11 +135,11 @@ def check_output(out: Path) -> None:
     """Refuse an --out that cannot be written, before any model is loaded."""
     from refcomp_core.errors import UsageError
 
-    if out.suffix.lower() not in IMAGE_SUFFIXES:
-        raise UsageError(f"--out: {out} needs an image suffix (.png, .jpg, .webp)")
     for path in (out, overlay_path(out)):
         if path.is_dir():
             raise UsageError(f"--out: {path} is a folder; give an image file path such as {path / 'out.png'}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UsageError(f"--out: {out} needs an image suffix (.png, .jpg, .webp)")
     folder = next((p for p in out.parents if p.exists()), Path("."))
     if not folder.is_dir():
         raise UsageError(f"--out: {folder} is a file, so {out} cannot be created; choose another folder")

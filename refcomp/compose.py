@@ -137,7 +137,7 @@ def fit_size(layout: Layout, multiple: int) -> Layout:
 def run_composition(models: ComposeModels, layout: Layout, references: Sequence[Image.Image],
                     options: ComposeOptions) -> Composition:
     """Sample one image with RefComp. `layout` must already be validated against `references`
-    (`read_layout(..., num_refs=len(references))` and `check_reference_count`)."""
+    (`read_layout(..., num_refs=len(references))` and `check_reference_count(layout, len(references))`)."""
     pipe, adapter = models.pipe, models.adapter
     layout = fit_size(layout, multiple=pipe.vae_scale_factor * 2)
     controls = options.controls()
@@ -181,14 +181,12 @@ def compose_run(layout: LayoutInput, refs: str | os.PathLike | Sequence[Image.Im
                 device: str = "cpu", dtype: str | torch.dtype = "float32", **options: Any) -> Composition:
     """Like `compose`, returning the full `Composition` (images, alpha, FG flags, layout)."""
     opts = ComposeOptions(**options)
-    if refs is None or isinstance(refs, (str, os.PathLike)):
-        names = [p.name for p in list_reference_files(refs)] if refs is not None else []
-        references = load_references(refs)
-    else:
-        references = [to_rgb(r) for r in refs]
-        names = []
-    parsed = read_layout(layout, num_refs=len(references))
-    check_reference_count(parsed, references, names)
+    from_folder = refs is None or isinstance(refs, (str, os.PathLike))
+    names = [p.name for p in list_reference_files(refs)] if from_folder and refs is not None else []
+    count = len(names) if from_folder else len(refs)
+    parsed = read_layout(layout, num_refs=count)           # the layout is checked before any image is decoded
+    check_reference_count(parsed, count, names)
+    references = load_references(refs) if from_folder else [to_rgb(r) for r in refs]
     if models is None:
         if flux is None:
             raise ValueError("--flux: a local diffusers FLUX.1 folder is required (or pass models=load_models(...))")

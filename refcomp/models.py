@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from refcomp_core import RefCompAdapter
-from refcomp_core.checkpoint import load_adapter, read_info
+from refcomp_core.checkpoint import check_file, load_adapter
 from refcomp_core.errors import CheckpointError, ModelMismatchError
 from refcomp_core.hosts.diffusers_flux import config_for, flux_dims
 from refcomp_core.values import one_line, show
@@ -120,9 +120,11 @@ def load_models(flux: str | os.PathLike | Any, *, adapter: str | os.PathLike | R
                          "run with a freshly initialised adapter instead (for testing: equals vanilla FLUX)")
     if adapter is not None and init_adapter:
         raise ValueError("--adapter and --init-adapter are exclusive; pass one of them")
-    check_encoder_folders(clip, dino)    # wrong or damaged folders fail before FLUX is loaded
+    check_encoder_folders(clip, dino)    # wrong or damaged folders fail before FLUX is loaded,
+    if not hasattr(flux, "transformer"):
+        check_flux_folder(Path(flux))
     if adapter is not None and not isinstance(adapter, RefCompAdapter):
-        read_info(adapter)           # so does a missing / pickle / foreign / damaged adapter file
+        check_file(adapter)          # and so does a missing / pickle / foreign / damaged adapter file
     pipe = flux if hasattr(flux, "transformer") else load_flux(flux, device=device, dtype=torch_dtype)
     encoders = load_image_encoders(clip, dino, device=device, dtype=torch_dtype)
     text_dim = int(pipe.text_encoder.config.hidden_size)

@@ -61,8 +61,9 @@ def read_reference(path: Path) -> Image.Image:
         raise unreadable_image("--refs", path, err) from None
 
 
-def check_reference_count(layout: Layout, images: Sequence[Image.Image], names: Sequence[str] = ()) -> None:
-    """The number of images must be what the layout references: highest `ref` + 1.
+def check_reference_count(layout: Layout, count: int, names: Sequence[str] = ()) -> None:
+    """The number of reference images (`count`, named `names` when from a folder) must be what
+    the layout references: highest `ref` + 1.
 
     Indices beyond the list are already refused by `parse_layout(num_refs=...)`;
     this refuses extra images (a folder that does not belong to this layout).
@@ -70,9 +71,9 @@ def check_reference_count(layout: Layout, images: Sequence[Image.Image], names: 
     """
     used = layout.referenced
     need = used[-1] + 1 if used else 0
-    if len(images) != need:
+    if count != need:
         listed = f" ({', '.join(names)})" if names else ""
-        raise LayoutError(f"--refs: {len(images)} reference image(s){listed}, but the layout's instances[].ref "
+        raise LayoutError(f"--refs: {count} reference image(s){listed}, but the layout's instances[].ref "
                           f"use indices {used or 'none'} so exactly {need} are expected (sorted by file name); "
                           "remove the extra images or fix the layout's ref indices")
     unused = sorted(set(range(need)) - set(used))

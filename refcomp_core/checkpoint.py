@@ -108,22 +108,31 @@ def load_adapter(path: str | os.PathLike, *, hidden_size: int | None = None, num
     shape, dtype and byte range of every tensor in the header. A damaged body (truncated,
     unreadable, NaN) raises `CheckpointError` naming the file too."""
     path = os.fspath(path)
-    header = read_header(path)
-    info = _info(path, header)
+    info = check_file(path)
     cfg = info.config
     if hidden_size is not None:
         cfg.check_model(hidden_size=hidden_size,
                         num_double_blocks=cfg.num_double_blocks if num_double_blocks is None else num_double_blocks,
                         num_single_blocks=cfg.num_single_blocks if num_single_blocks is None else num_single_blocks)
-    bad = sorted({k.split(".")[0] for k in header if k != "__metadata__"} - set(NAMESPACES))
-    if bad:
-        raise CheckpointError(f"{path}: unknown tensor namespaces {bad}")
-    check_tensor_table(path, header, cfg)
     adapter = RefCompAdapter(cfg)
     tensors = load_tensors(path)
     adapter.load_state_dict(tensors)          # names and shapes were checked against the header
     adapter.to(device=device, dtype=dtype) if dtype is not None else adapter.to(device)
     return adapter, info
+
+
+def check_file(path: str | os.PathLike) -> CheckpointInfo:
+    """Everything about a RefComp file that can be checked without reading its tensors:
+    the header, the metadata, the config, and each tensor's name, shape, dtype and byte
+    range. Cheap (nothing is allocated), so callers run it before loading a model."""
+    path = os.fspath(path)
+    header = read_header(path)
+    info = _info(path, header)
+    bad = sorted({k.split(".")[0] for k in header if k != "__metadata__"} - set(NAMESPACES))
+    if bad:
+        raise CheckpointError(f"{path}: unknown tensor namespaces {bad}")
+    check_tensor_table(path, header, info.config)
+    return info
 
 
 # safetensors dtype -> bytes per element, for the float dtypes an adapter may be saved in
