@@ -136,8 +136,9 @@ def no_real_allocation(monkeypatch):
     real = checkpoint.RefCompAdapter
 
     def guarded(config):
-        if config.hidden_size > 1024 and torch.get_default_device().type != "meta":
-            raise AssertionError(f"allocated an adapter of hidden size {config.hidden_size} before any check")
+        sizes = (config.hidden_size, config.lora_rank, 16 * config.num_double_blocks, 16 * config.num_single_blocks)
+        if max(sizes) > 1024 and torch.get_default_device().type != "meta":
+            raise AssertionError(f"built a large adapter ({sizes}) before any check")
         return real(config)
 
     monkeypatch.setattr(checkpoint, "RefCompAdapter", guarded)

@@ -17,7 +17,7 @@ from PIL import Image
 
 import refcomp.models
 from compose_fixtures import T5_LEN, TinyModels, tiny_layout
-from hostile_strategies import nested
+from hostile_strategies import png_declaring
 from refcomp import cli
 
 
@@ -61,6 +61,14 @@ def refs_with_broken_image(c: Case) -> str:
     for i in range(3):
         Image.new("RGB", (8, 8)).save(folder / f"r{i}.png")
     (folder / "r1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return str(folder)
+
+
+def refs_with_huge_image(c: Case) -> str:
+    folder = Path(c.folder("refs_huge"))
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(folder / f"r{i}.png")
+    (folder / "r2.png").write_bytes(png_declaring(30000, 30000))
     return str(folder)
 
 
@@ -130,6 +138,8 @@ ROWS: list[tuple[str, Callable[[Case], list[str]], str, bool]] = [
     ("--refs missing", lambda c: c.argv(refs=str(c.tmp / "no_refs")), r"--refs: reference folder not found", True),
     ("--refs broken image", lambda c: c.argv(refs=refs_with_broken_image(c)),
      r"--refs: cannot read the image .*r1.png", True),
+    ("--refs with a 30000x30000 image", lambda c: c.argv(refs=refs_with_huge_image(c)),
+     r"--refs: the image .*r2.png declares more pixels than the 67-megapixel limit", True),
     ("--flux missing", lambda c: c.argv(flux=str(c.tmp / "no_flux")), r"--flux: folder not found", True),
     ("--flux damaged model_index.json", lambda c: c.argv(flux=str(Path(c.file("flux/model_index.json", "{oops")).parent)),
      r"--flux: .*model_index.json is not readable JSON", True),
