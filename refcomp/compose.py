@@ -20,9 +20,9 @@ from PIL import Image
 
 from refcomp_core import Controls, Layout, RefCompSession, build_state, parse_layout
 from refcomp_core.errors import LayoutError, MissingEncoderError, UsageError
-from refcomp_core.limits import MAX_STEPS
-from refcomp_core.values import finite_float, one_line, show, valid_unicode
 from refcomp_core.hosts.diffusers_flux import patch_flux
+from refcomp_core.limits import MAX_GUIDANCE, MAX_STEPS
+from refcomp_core.values import finite_float, one_line, show, valid_unicode
 
 from .encoders import instance_features
 from .models import ComposeModels, load_models
@@ -32,9 +32,6 @@ from .refs import check_reference_count, list_reference_files, load_references, 
 log = logging.getLogger(__name__)
 
 LayoutInput = Union[str, os.PathLike, dict, Layout]
-
-
-MAX_GUIDANCE = 100.0
 
 
 def check_int(flag: str, value: Any, low: int, high: int, hint: str = "") -> int:

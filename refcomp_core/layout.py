@@ -8,7 +8,6 @@ training manifest and the CLI. Validation lives here and only here.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Union
 

@@ -16,6 +16,7 @@ MAX_CAPTION_CHARS = 1000            # per box; CLIP-L reads only its first 77 to
 MAX_JSON_DEPTH = 32                 # nesting of unknown keys kept in a layout
 MAX_IMAGE_PIXELS = 8192 * 8192      # a reference image, checked from its header before decoding
 MAX_STEPS = 1000                    # sampling steps of `refcomp compose`
+MAX_GUIDANCE = 100.0                # FLUX distilled guidance of `refcomp compose` (3.5 is typical)
 
 # A checkpoint's refcomp_config, checked before anything is allocated: a damaged or hostile
 # file must not make the loader build a terabyte adapter. FLUX.1 is far inside these.

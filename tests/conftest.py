@@ -1,9 +1,11 @@
 """Test set-up: tests import `helpers` from this folder; nothing may reach a hub.
 
-Property tests (hypothesis) run under the `ci` profile unless HYPOTHESIS_PROFILE names
-another: `ci` is bounded and derandomized (the same examples every run, no database
-files), `deep` explores far more inputs for a local hunt:
-    HYPOTHESIS_PROFILE=deep .venv/bin/python -m pytest tests/hostile
+Property tests (hypothesis: tests/hostile/, tests/comfy/test_nodes_hostile.py) run under
+the `ci` profile unless HYPOTHESIS_PROFILE names another. `ci` is bounded by max_examples
+and derandomized (the same examples every run, no database files); it sets no per-example
+deadline, which flakes on a busy 2-core machine. `deep` explores far more inputs for a
+local hunt (about 3 minutes):
+    HYPOTHESIS_PROFILE=deep .venv/bin/python -m pytest tests/hostile tests/comfy/test_nodes_hostile.py
 """
 import os
 import sys
