@@ -14,6 +14,7 @@ import torch
 
 from refcomp_core.errors import LayoutError
 from refcomp_core.layout import DEPTHS, Layout, parse_layout
+from refcomp_core.values import finite_float, show
 
 ALPHA_MODES = ("predicted", "depth labels", "manual overrides")
 
@@ -25,39 +26,68 @@ def empty_layout_json(width: int = 1024, height: int = 1024) -> str:
 def parse_canvas(layout_json: str, width: int, height: int, num_refs: int | None) -> Layout:
     """The canvas's hidden `layout_json` -> validated Layout. An empty string is an empty
     layout of width x height; `num_refs` (None or 0 = unknown) bounds every `ref`."""
+    if layout_json is not None and not isinstance(layout_json, str):
+        raise LayoutError(f"Layout Canvas: layout_json must be text (layout v1 JSON), got {type(layout_json).__name__}")
     text = (layout_json or "").strip()
     if not text:
         text = empty_layout_json(width, height)
     return parse_layout(text, num_refs=num_refs or None)
 
 
+OVERRIDE_PAIR = re.compile(r"(\d{1,9})\s*[:=]\s*(\S+)")
+
+
 def parse_overrides(text: str, n: int) -> dict[int, float]:
     """Manual alpha overrides: a JSON list ([0.9, null, 0.2]) or pairs "index: alpha" separated
-    by commas/newlines ("0: 0.9, 2: 0.2"). -> {instance index: alpha}"""
+    by commas/newlines ("0: 0.9, 2: 0.2"). -> {instance index: alpha}. Raises LayoutError
+    naming the pair or list entry for anything else."""
+    if text is not None and not isinstance(text, str):
+        raise LayoutError(f"alpha overrides: expected text, got {type(text).__name__}; write 'index: alpha' pairs")
     text = (text or "").strip()
     if not text:
         return {}
+    items = _override_list(text) if text.startswith("[") else _override_pairs(text)
     out: dict[int, float] = {}
-    if text.startswith("["):
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise LayoutError(f"alpha overrides: not a valid JSON list ({err.msg}); write e.g. [0.9, null, 0.2]") from None
-        items = [(i, v) for i, v in enumerate(values) if v is not None]
-    else:
-        items = []
-        for part in filter(None, (p.strip() for p in re.split(r"[,\n;]", text))):
-            m = re.fullmatch(r"(\d+)\s*[:=]\s*([-+0-9.eE]+)", part)
-            if not m:
-                raise LayoutError(f"alpha overrides: cannot read {part!r}; write 'index: alpha' pairs like '0: 0.9, 2: 0.2'")
-            items.append((int(m.group(1)), float(m.group(2))))
     for i, v in items:
         if not 0 <= i < n:
-            raise LayoutError(f"alpha overrides: instance {i} does not exist; the layout has {n} instances (0..{n - 1})")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-            raise LayoutError(f"alpha overrides: instance {i} alpha must be a number in [0, 1], got {v!r}")
-        out[i] = float(v)
+            have = f"{n} instances (0..{n - 1})" if n else "no instances"
+            raise LayoutError(f"alpha overrides: instance {i} does not exist; the layout has {have}")
+        alpha = finite_float(v)
+        if alpha is None or not 0.0 <= alpha <= 1.0:
+            raise LayoutError(f"alpha overrides: instance {i} alpha must be a number in [0, 1], got {show(v)}")
+        out[i] = alpha
     return out
+
+
+def _override_list(text: str) -> list[tuple[int, Any]]:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LayoutError(f"alpha overrides: not a valid JSON list ({err.msg}); write e.g. [0.9, null, 0.2]") from None
+    except (ValueError, RecursionError):     # a number with thousands of digits, or deep nesting
+        raise LayoutError("alpha overrides: not a list of numbers; write e.g. [0.9, null, 0.2]") from None
+    if not isinstance(values, list):
+        raise LayoutError("alpha overrides: not a list of numbers; write e.g. [0.9, null, 0.2]")
+    return [(i, v) for i, v in enumerate(values) if v is not None]
+
+
+def _override_pairs(text: str) -> list[tuple[int, Any]]:
+    items: list[tuple[int, Any]] = []
+    for part in filter(None, (p.strip() for p in re.split(r"[,\n;]", text))):
+        m = OVERRIDE_PAIR.fullmatch(part)
+        value = _float_or_none(m.group(2)) if m else None
+        if value is None:
+            raise LayoutError(f"alpha overrides: cannot read {show(part)}; write 'index: alpha' pairs like "
+                              "'0: 0.9, 2: 0.2'")
+        items.append((int(m.group(1)), value))
+    return items
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def set_alphas(layout: Layout, alphas: dict[int, float | None]) -> Layout:

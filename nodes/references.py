@@ -13,6 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from refcomp_core.errors import ReferenceImageError
+from refcomp_core.limits import check_image_size, unreadable_image
+
 from .types import ReferenceSet
 
 log = logging.getLogger(__name__)
@@ -47,16 +50,25 @@ def list_images(folder: str) -> list[str]:
 
 
 def load_image(path: str) -> torch.Tensor:
-    """One file -> (H, W, 3) float in [0, 1]; transparency composited on white."""
+    """One file -> (H, W, 3) float in [0, 1]; transparency composited on white.
+
+    The size is checked from the header before decoding; an unreadable, damaged or
+    too large file raises ReferenceImageError naming it."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(white, rgba)
-        rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as im:
+            check_image_size("Load Reference Set", path, *im.size)
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(white, rgba)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except ReferenceImageError:
+        raise
+    except Exception as err:     # PIL raises many types (OSError, SyntaxError, ValueError...) on damaged files
+        raise unreadable_image("Load Reference Set", path, err) from None
     return torch.from_numpy(rgb.copy())
 
 

@@ -6,8 +6,10 @@
     refcomp prepare-data ...   -> training.prepare_data:main(argv)
     refcomp demo|toy ...       -> refcomp.toy.cli:main(argv), else refcomp.toy:main(argv)
 
-Exit codes: 0 done, 2 bad input (the message says what and how to fix; set
-REFCOMP_DEBUG=1 for a traceback). Every path is local; nothing is downloaded.
+Errors are one line on stderr, never a traceback (set REFCOMP_DEBUG=1 for one).
+Exit codes: 0 done; 2 bad input or usage (the message names the flag or file, what was
+wrong and how to fix it); 1 anything else (a bug or the machine: disk, memory);
+130 interrupted. Every path is local; nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger("refcomp")
 
@@ -31,20 +36,36 @@ PASSTHROUGH: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+# Arguments put before the user's for a pass-through subcommand: `refcomp demo ARGS` is the
+# toy CLI's `demo ARGS`, so `refcomp demo --help` shows the demo's own help.
+PASSTHROUGH_PREFIX: dict[str, tuple[str, ...]] = {"demo": ("demo",)}
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
 class CommandUnavailable(RuntimeError):
     """A pass-through subcommand whose module is not installed."""
 
 
-def _window(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{name}: {value} is outside [0, 1] (fractions of the schedule)")
-        return value
-    return parse
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2 from `main`) instead of printing the
+    usage block and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        from refcomp_core.errors import UsageError
+
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _fraction(text: str) -> float:
+    """A window bound: a number in [0, 1] (argparse names the flag in the error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1] (fractions of the schedule)")
+    return value
 
 
 def compose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -68,9 +89,9 @@ def compose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=3.5, help="FLUX distilled guidance (default 3.5)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--strength", type=float, default=1.0, help="RefComp strength in [0, 10] (default 1)")
-    p.add_argument("--layout-window", nargs=2, type=_window("--layout-window"), default=(0.0, 0.3),
+    p.add_argument("--layout-window", nargs=2, type=_fraction, default=(0.0, 0.3),
                    metavar=("START", "END"), help="fractions of the schedule with the layout branch (0 0.3)")
-    p.add_argument("--modulation-window", nargs=2, type=_window("--modulation-window"), default=(0.0, 1.0),
+    p.add_argument("--modulation-window", nargs=2, type=_fraction, default=(0.0, 1.0),
                    metavar=("START", "END"), help="fractions of the schedule with FG modulation (0 1)")
     p.add_argument("--max-sequence-length", type=int, default=512, help="T5 tokens (dev 512, schnell 256)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
@@ -80,7 +101,7 @@ def compose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refcomp", description="RefComp: compose one FLUX image from many "
+    parser = Parser(prog="refcomp", description="RefComp: compose one FLUX image from many "
                                                                  "boxed references.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     compose_parser(sub)
@@ -110,21 +131,52 @@ def _entry_point(name: str) -> Callable[[list[str]], int | None]:
 
 
 def _passthrough(name: str, argv: list[str]) -> int:
-    return int(_entry_point(name)(argv) or 0)
+    return int(_entry_point(name)([*PASSTHROUGH_PREFIX.get(name, ()), *argv]) or 0)
+
+
+def check_output(out: Path) -> None:
+    """Refuse an --out that cannot be written, before any model is loaded."""
+    from refcomp_core.errors import UsageError
+
+    for path in (out, overlay_path(out)):
+        if path.is_dir():
+            raise UsageError(f"--out: {path} is a folder; give an image file path such as {path / 'out.png'}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UsageError(f"--out: {out} needs an image suffix (.png, .jpg, .webp)")
+    folder = next((p for p in out.parents if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise UsageError(f"--out: {folder} is a file, so {out} cannot be created; choose another folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: the folder {folder} is not writable; choose another folder")
+
+
+def overlay_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_layout.png")
+
+
+def save_image(image: "Image.Image", path: Path) -> None:
+    """Save atomically: a killed run leaves the old image or none, never half of one."""
+    from PIL import Image
+
+    from refcomp_core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
 
 
 def run_compose(args: argparse.Namespace) -> int:
     import torch
 
+    from refcomp_core.errors import UsageError
+
     from .compose import compose_run
 
+    out = Path(args.out)
+    check_output(out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise ValueError(f"--out: {out} needs an image suffix (.png, .jpg, .webp)")
     result = compose_run(args.layout, args.refs, flux=args.flux, adapter=args.adapter,
                          init_adapter=args.init_adapter, clip=args.clip, dino=args.dino, device=device,
                          dtype=dtype, prompt=args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
@@ -132,10 +184,9 @@ def run_compose(args: argparse.Namespace) -> int:
                          modulation_window=tuple(args.modulation_window),
                          max_sequence_length=args.max_sequence_length)
     out.parent.mkdir(parents=True, exist_ok=True)
-    overlay_path = out.with_name(f"{out.stem}_layout.png")
-    result.images[0].save(out)
-    result.overlay().save(overlay_path)
-    log.info("wrote %s and %s", out, overlay_path)
+    save_image(result.images[0], out)
+    save_image(result.overlay(), overlay_path(out))
+    log.info("wrote %s and %s", out, overlay_path(out))
     return 0
 
 
@@ -146,7 +197,8 @@ def _setup_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `refcomp` console script; returns the exit code."""
+    """Entry point of the `refcomp` console script; returns the exit code. Every error is
+    one line (REFCOMP_DEBUG=1 re-raises it with its traceback)."""
     from refcomp_core.errors import RefCompError
 
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -160,10 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_convert(args)
         return run_compose(args)
     except (RefCompError, ValueError, FileNotFoundError, NotADirectoryError, CommandUnavailable) as err:
-        if os.environ.get("REFCOMP_DEBUG"):
-            raise
-        log.error("error: %s", err)
-        return 2
+        return _fail(err, EXIT_BAD_INPUT, "error: ")
+    except KeyboardInterrupt as err:
+        return _fail(err, EXIT_INTERRUPTED, "interrupted")
+    except Exception as err:         # a bug or the machine (disk, memory): still one line, never a traceback
+        return _fail(err, EXIT_FAILED, f"failed ({type(err).__name__}): ")
+
+
+def _fail(err: BaseException, code: int, prefix: str) -> int:
+    if os.environ.get("REFCOMP_DEBUG"):
+        raise err
+    text = " ".join(str(err).split())
+    hint = "" if code == EXIT_BAD_INPUT else " (set REFCOMP_DEBUG=1 for the traceback)"
+    log.error("%s%s%s", prefix, text, hint)
+    return code
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ import torch
 from PIL import Image
 
 from refcomp_core import Controls, Layout, RefCompSession, build_state, parse_layout
-from refcomp_core.errors import MissingEncoderError
+from refcomp_core.errors import LayoutError, MissingEncoderError, UsageError
 from refcomp_core.hosts.diffusers_flux import patch_flux
 from refcomp_core.layout_import import from_instanceassemble, is_instanceassemble
+from refcomp_core.limits import MAX_GUIDANCE, MAX_STEPS
+from refcomp_core.values import finite_float, one_line, show, valid_unicode
 
 from .encoders import instance_features
 from .models import ComposeModels, load_models
@@ -32,6 +34,22 @@ from .refs import check_reference_count, list_reference_files, load_references, 
 log = logging.getLogger(__name__)
 
 LayoutInput = Union[str, os.PathLike, dict, Layout]
+
+
+def check_int(flag: str, value: Any, low: int, high: int, hint: str = "") -> int:
+    """`value` when it is an int in [low, high]; UsageError naming `flag` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{flag}: expected an integer in [{low}, {high}], got {show(value)}"
+                         + (f" {hint}" if hint else ""))
+    return value
+
+
+def check_number(flag: str, value: Any, low: float, high: float) -> float:
+    """`value` as a float when it is finite and in [low, high]; UsageError naming `flag` otherwise."""
+    number = finite_float(value)
+    if number is None or not low <= number <= high:
+        raise UsageError(f"{flag}: expected a finite number in [{low:g}, {high:g}], got {show(value)}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -48,12 +66,21 @@ class ComposeOptions:
     max_sequence_length: int = 512
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"--steps must be a positive integer, got {self.steps!r}")
-        if not 1 <= self.max_sequence_length <= 512:
-            raise ValueError(f"--max-sequence-length must be in [1, 512] (FLUX.1-dev 512, schnell 256), "
-                             f"got {self.max_sequence_length}")
-        self.controls()     # validates strength and windows
+        """Every value is checked here, naming its `refcomp compose` flag, before a model is loaded."""
+        check_int("--steps", self.steps, 1, MAX_STEPS)
+        check_int("--max-sequence-length", self.max_sequence_length, 1, 512, "(FLUX.1-dev 512, schnell 256)")
+        check_int("--seed", self.seed, 0, 2 ** 64 - 1)
+        check_number("--guidance", self.guidance, 0.0, MAX_GUIDANCE)
+        check_number("--strength", self.strength, 0.0, 10.0)
+        for flag, window in (("--layout-window", self.layout_window), ("--modulation-window", self.modulation_window)):
+            if not isinstance(window, (tuple, list)) or len(window) != 2:
+                raise UsageError(f"{flag}: expected two numbers START END, got {show(window)}")
+            start = check_number(flag, window[0], 0.0, 1.0)
+            if not start <= check_number(flag, window[1], 0.0, 1.0):
+                raise UsageError(f"{flag}: START {start} is after END {window[1]}; both are fractions of the "
+                                 "schedule, START <= END")
+        if not isinstance(self.prompt, str) or not valid_unicode(self.prompt):
+            raise UsageError("--prompt: expected plain text (valid Unicode)")
 
     def controls(self) -> Controls:
         return Controls(strength=self.strength, layout_window=tuple(self.layout_window),
@@ -75,23 +102,34 @@ class Composition:
 
 
 def read_layout(source: LayoutInput, *, num_refs: int | None, max_instances: int = 50) -> Layout:
-    """A Layout from a file path, JSON text, dict or Layout (validated, naming the field).
-    InstanceAssemble / DenseLayout JSON (`annos` with pixel boxes) is imported to layout v1."""
+    """A Layout from a file path, JSON text, dict or Layout (validated, naming the field; errors about
+    a file name it and the --layout flag). InstanceAssemble / DenseLayout JSON (`annos` with pixel
+    boxes) is imported to layout v1."""
+    path = None
     if isinstance(source, (str, os.PathLike)) and not (isinstance(source, str) and source.lstrip().startswith("{")):
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"--layout: layout file not found: {path}")
-        source = path.read_text(encoding="utf-8")
-    if isinstance(source, (str, bytes)):
+            what = "is a folder, not a layout file" if path.is_dir() else "layout file not found"
+            raise FileNotFoundError(f"--layout: {what}: {path}")
         try:
-            doc = json.loads(source)
-        except json.JSONDecodeError:
-            doc = None                                   # parse_layout names the JSON error
-        if is_instanceassemble(doc):
-            source = from_instanceassemble(doc)
-    elif is_instanceassemble(source):
-        source = from_instanceassemble(source)
-    return parse_layout(source, num_refs=num_refs, max_instances=max_instances)
+            source = path.read_bytes()
+        except OSError as err:
+            raise LayoutError(f"--layout: cannot read {path} ({one_line(err)})") from None
+    try:
+        if isinstance(source, (str, bytes)):
+            try:
+                doc = json.loads(source)
+            except (ValueError, RecursionError):
+                doc = None                               # parse_layout names the JSON error
+            if is_instanceassemble(doc):
+                source = from_instanceassemble(doc)
+        elif is_instanceassemble(source):
+            source = from_instanceassemble(source)
+        return parse_layout(source, num_refs=num_refs, max_instances=max_instances)
+    except LayoutError as err:
+        if path is None:
+            raise
+        raise LayoutError(f"--layout {path}: {err}") from None
 
 
 def fit_size(layout: Layout, multiple: int) -> Layout:
@@ -110,7 +148,7 @@ def fit_size(layout: Layout, multiple: int) -> Layout:
 def run_composition(models: ComposeModels, layout: Layout, references: Sequence[Image.Image],
                     options: ComposeOptions) -> Composition:
     """Sample one image with RefComp. `layout` must already be validated against `references`
-    (`read_layout(..., num_refs=len(references))` and `check_reference_count`)."""
+    (`read_layout(..., num_refs=len(references))` and `check_reference_count(layout, len(references))`)."""
     pipe, adapter = models.pipe, models.adapter
     layout = fit_size(layout, multiple=pipe.vae_scale_factor * 2)
     controls = options.controls()
@@ -163,14 +201,12 @@ def compose_run(layout: LayoutInput, refs: str | os.PathLike | Sequence[Image.Im
                 device: str = "cpu", dtype: str | torch.dtype = "float32", **options: Any) -> Composition:
     """Like `compose`, returning the full `Composition` (images, alpha, FG flags, layout)."""
     opts = ComposeOptions(**options)
-    if refs is None or isinstance(refs, (str, os.PathLike)):
-        names = [p.name for p in list_reference_files(refs)] if refs is not None else []
-        references = load_references(refs)
-    else:
-        references = [to_rgb(r) for r in refs]
-        names = []
-    parsed = read_layout(layout, num_refs=len(references))
-    check_reference_count(parsed, references, names)
+    from_folder = refs is None or isinstance(refs, (str, os.PathLike))
+    names = [p.name for p in list_reference_files(refs)] if from_folder and refs is not None else []
+    count = len(names) if from_folder else len(refs)
+    parsed = read_layout(layout, num_refs=count)           # the layout is checked before any image is decoded
+    check_reference_count(parsed, count, names)
+    references = load_references(refs) if from_folder else [to_rgb(r) for r in refs]
     if models is None:
         if flux is None:
             raise ValueError("--flux: a local diffusers FLUX.1 folder is required (or pass models=load_models(...))")

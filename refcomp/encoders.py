@@ -13,6 +13,7 @@ Axis letters: r references, n instances, c channels.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ import torch
 from PIL import Image
 
 from refcomp_core import InstanceFeatures, Layout
+from refcomp_core.errors import ModelMismatchError
+from refcomp_core.values import one_line
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +65,81 @@ def _folder(path: str | os.PathLike, flag: str, what: str) -> str:
     return str(p)
 
 
+def read_json_file(path: Path, flag: str) -> Any:
+    """A model folder's JSON file; ModelMismatchError naming it when it is damaged."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as err:
+        raise ModelMismatchError(f"{flag}: {path} is not readable JSON ({one_line(err)}); the folder is damaged: "
+                                 "download or save the model again") from None
+
+
+def read_model_type(folder: str, flag: str) -> str:
+    """`model_type` of a transformers folder's config.json (ModelMismatchError naming the file otherwise)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ModelMismatchError(f"{flag}: no config.json in {folder}; pass a folder saved with save_pretrained")
+    config = read_json_file(path, flag)
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str):
+        raise ModelMismatchError(f"{flag}: {path} names no model_type; pass a folder saved with save_pretrained")
+    return model_type
+
+
+# flag -> (what it is, accepted config.json model_type values)
+ENCODER_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--clip": ("CLIP", ("clip_vision_model", "clip")),      # a vision-only or a full CLIPModel folder
+    "--dino": ("DINOv2", ("dinov2",)),
+}
+
+
+def check_encoder_folder(path: str | os.PathLike, flag: str) -> str:
+    """The folder of the `flag` encoder, refused (before anything loads) unless its config.json
+    names the right model type: transformers would otherwise load, e.g., a CLIP folder into a
+    DINOv2 model with random weights."""
+    what, accepted = ENCODER_KINDS[flag]
+    folder = _folder(path, flag, what)
+    found = read_model_type(folder, flag)
+    if found not in accepted:
+        raise ModelMismatchError(f"{flag}: {folder} holds a {found!r} model (config.json model_type), not {what} "
+                                 f"({' or '.join(map(repr, accepted))}); pass the {what} folder")
+    return folder
+
+
+def check_encoder_folders(clip: str | os.PathLike | None, dino: str | os.PathLike | None) -> None:
+    """`check_encoder_folder` for each encoder given (cheap: reads two config.json files)."""
+    for flag, path in (("--clip", clip), ("--dino", dino)):
+        if path is not None:
+            check_encoder_folder(path, flag)
+
+
+def _load_checked(model_class: Any, processor_class: Any, path: str | os.PathLike, flag: str,
+                  dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, processor) from a checked folder; refused if any weight was missing (it
+    would be random) or the folder cannot be loaded."""
+    what, _ = ENCODER_KINDS[flag]
+    folder = check_encoder_folder(path, flag)
+    try:
+        model, info = model_class.from_pretrained(folder, local_files_only=True, output_loading_info=True,
+                                                  **dtype_kwarg("transformers", "4.56", dtype))
+        processor = processor_class.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelMismatchError(f"{flag}: cannot load {what} from {folder} ({one_line(err)}); the folder needs "
+                                 "config.json, the weights and preprocessor_config.json: save it again") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelMismatchError(f"{flag}: {folder} lacks {len(missing)} {what} weight(s) (e.g. {missing[0]}); "
+                                 "they would be random: pass a complete folder")
+    return model, processor
+
+
 def load_clip_image(path: str | os.PathLike, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(CLIPVisionModelWithProjection, CLIPImageProcessor) from a local folder.
     A full CLIPModel folder (e.g. clip-vit-large-patch14) also works."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    folder = _folder(path, "--clip", "CLIP-L image encoder")
-    model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True,
-                                                          **dtype_kwarg("transformers", "4.56", dtype))
-    processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
+    model, processor = _load_checked(CLIPVisionModelWithProjection, CLIPImageProcessor, path, "--clip", dtype)
     return model.to(device).eval().requires_grad_(False), processor
 
 
@@ -80,9 +148,7 @@ def load_dino(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     """(Dinov2Model, image processor) from a local folder."""
     from transformers import AutoImageProcessor, Dinov2Model
 
-    folder = _folder(path, "--dino", "DINOv2")
-    model = Dinov2Model.from_pretrained(folder, local_files_only=True, **dtype_kwarg("transformers", "4.56", dtype))
-    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    model, processor = _load_checked(Dinov2Model, AutoImageProcessor, path, "--dino", dtype)
     return model.to(device).eval().requires_grad_(False), processor
 
 

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from refcomp_core import RefCompAdapter
-from refcomp_core.checkpoint import load_adapter, read_info
-from refcomp_core.errors import CheckpointError
+from refcomp_core.checkpoint import check_file, load_adapter
+from refcomp_core.errors import CheckpointError, ModelMismatchError
 from refcomp_core.hosts.diffusers_flux import config_for, flux_dims
+from refcomp_core.values import one_line, show
 
-from .encoders import ImageEncoders, dtype_kwarg, load_image_encoders
+from .encoders import ImageEncoders, check_encoder_folders, dtype_kwarg, load_image_encoders, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,32 @@ def load_flux(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     from diffusers import FluxPipeline
 
     folder = Path(path)
-    if not (folder / "model_index.json").is_file():
+    check_flux_folder(folder)
+    try:
+        pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True,
+                                            **dtype_kwarg("diffusers", "0.42", dtype))
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        raise ModelMismatchError(f"--flux: cannot load the FLUX.1 pipeline from {folder} ({one_line(err)}); the "
+                                 "folder is incomplete or damaged: download or save it again") from None
+    pipe.to(device)
+    flux_dims(pipe.transformer)      # refuses a non-FLUX transformer with a clear message
+    return pipe
+
+
+def check_flux_folder(folder: Path) -> None:
+    """Refuse a folder whose model_index.json is missing, damaged or not a FLUX pipeline's,
+    before diffusers loads anything."""
+    index = folder / "model_index.json"
+    if not index.is_file():
         what = "folder not found" if not folder.exists() else "no model_index.json in"
         raise FileNotFoundError(f"--flux: {what} {folder}; pass a local diffusers FLUX.1 folder (the "
                                 "black-forest-labs/FLUX.1-dev layout: model_index.json, transformer/, vae/, "
                                 "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/)")
-    pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True, **dtype_kwarg("diffusers", "0.42", dtype))
-    pipe.to(device)
-    flux_dims(pipe.transformer)      # refuses a non-FLUX transformer with a clear message
-    return pipe
+    spec = read_json_file(index, "--flux")
+    name = spec.get("_class_name") if isinstance(spec, dict) else None
+    if not (isinstance(name, str) and name.startswith("Flux")):
+        raise ModelMismatchError(f"--flux: {index} describes a {show(name)} pipeline, not FLUX.1 (FluxPipeline); "
+                                 "pass a FLUX.1-dev or FLUX.1-schnell diffusers folder")
 
 
 def _check_adapter_fits(adapter: RefCompAdapter, encoders: ImageEncoders, text_dim: int) -> None:
@@ -104,8 +122,11 @@ def load_models(flux: str | os.PathLike | Any, *, adapter: str | os.PathLike | R
                          "run with a freshly initialised adapter instead (for testing: equals vanilla FLUX)")
     if adapter is not None and init_adapter:
         raise ValueError("--adapter and --init-adapter are exclusive; pass one of them")
+    check_encoder_folders(clip, dino)    # wrong or damaged folders fail before FLUX is loaded,
+    if not hasattr(flux, "transformer"):
+        check_flux_folder(Path(flux))
     if adapter is not None and not isinstance(adapter, RefCompAdapter):
-        read_info(adapter)           # a missing / pickle / foreign file fails before FLUX is loaded
+        check_file(adapter)          # and so does a missing / pickle / foreign / damaged adapter file
     pipe = flux if hasattr(flux, "transformer") else load_flux(flux, device=device, dtype=torch_dtype)
     encoders = load_image_encoders(clip, dino, device=device, dtype=torch_dtype)
     text_dim = int(pipe.text_encoder.config.hidden_size)

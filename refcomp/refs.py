@@ -11,7 +11,8 @@ from typing import Sequence
 from PIL import Image
 
 from refcomp_core import Layout
-from refcomp_core.errors import LayoutError
+from refcomp_core.errors import LayoutError, ReferenceImageError
+from refcomp_core.limits import check_image_size, unreadable_image
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +40,30 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_references(folder: str | os.PathLike | None) -> list[Image.Image]:
-    """The sorted reference images of `folder` as RGB (none when `folder` is None)."""
+    """The sorted reference images of `folder` as RGB (none when `folder` is None).
+    Raises ReferenceImageError naming the file for an unreadable, damaged or too large image."""
     if folder is None:
         return []
-    images = []
-    for path in list_reference_files(folder):
-        try:
-            with Image.open(path) as im:
-                images.append(to_rgb(im))
-        except OSError as err:
-            raise ValueError(f"--refs: cannot read the image {path} ({err}); remove or re-save it") from None
+    images = [read_reference(path) for path in list_reference_files(folder)]
     log.info("loaded %d reference image(s) from %s", len(images), folder)
     return images
 
 
-def check_reference_count(layout: Layout, images: Sequence[Image.Image], names: Sequence[str] = ()) -> None:
-    """The number of images must be what the layout references: highest `ref` + 1.
+def read_reference(path: Path) -> Image.Image:
+    """One reference file as RGB; its size is checked from the header before decoding."""
+    try:
+        with Image.open(path) as im:
+            check_image_size("--refs", path, *im.size)
+            return to_rgb(im)
+    except ReferenceImageError:
+        raise
+    except Exception as err:     # PIL raises many types (OSError, SyntaxError, ValueError...) on damaged files
+        raise unreadable_image("--refs", path, err) from None
+
+
+def check_reference_count(layout: Layout, count: int, names: Sequence[str] = ()) -> None:
+    """The number of reference images (`count`, named `names` when from a folder) must be what
+    the layout references: highest `ref` + 1.
 
     Indices beyond the list are already refused by `parse_layout(num_refs=...)`;
     this refuses extra images (a folder that does not belong to this layout).
@@ -62,9 +71,9 @@ def check_reference_count(layout: Layout, images: Sequence[Image.Image], names: 
     """
     used = layout.referenced
     need = used[-1] + 1 if used else 0
-    if len(images) != need:
+    if count != need:
         listed = f" ({', '.join(names)})" if names else ""
-        raise LayoutError(f"--refs: {len(images)} reference image(s){listed}, but the layout's instances[].ref "
+        raise LayoutError(f"--refs: {count} reference image(s){listed}, but the layout's instances[].ref "
                           f"use indices {used or 'none'} so exactly {need} are expected (sorted by file name); "
                           "remove the extra images or fix the layout's ref indices")
     unused = sorted(set(range(need)) - set(used))

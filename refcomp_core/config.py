@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import CheckpointError
+from .limits import MAX_FILE_BLOCKS, MAX_FILE_DIM, MAX_FILE_FREQS, MAX_FILE_POINTS
+from .values import finite_float, show
 
 FORMAT_VERSION = 1
 
@@ -147,7 +149,7 @@ class RefCompConfig:
             raise ValueError(f"RefCompConfig.hidden_size ({self.hidden_size}) must be divisible by "
                              f"num_heads ({self.num_heads})")
         if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError("RefCompConfig: head dim must be even for RoPE")
+            raise ValueError(f"RefCompConfig: head dim hidden_size / num_heads = {self.head_dim} must be even for RoPE")
         if self.modulation_rank != "full" and (not isinstance(self.modulation_rank, int) or self.modulation_rank <= 0):
             raise ValueError(f"RefCompConfig.modulation_rank must be a positive int or 'full', "
                              f"got {self.modulation_rank!r}")
@@ -163,7 +165,7 @@ class RefCompConfig:
             bad = [b for b in self.layout_blocks if not 0 <= b < self.num_double_blocks]
             if bad or len(set(self.layout_blocks)) != len(self.layout_blocks):
                 raise ValueError(f"RefCompConfig.layout_blocks {list(self.layout_blocks)} must be distinct "
-                                 f"double-block indices in [0, {self.num_double_blocks})")
+                                 f"double-block indices in [0, num_double_blocks={self.num_double_blocks})")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.layout_pathway not in LAYOUT_PATHWAYS:
             raise ValueError(f"RefCompConfig.layout_pathway must be one of {list(LAYOUT_PATHWAYS)}, "
@@ -214,28 +216,14 @@ class RefCompConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "RefCompConfig":
+    def from_json(cls, text: str, *, source: str = "refcomp_config") -> "RefCompConfig":
+        """The config saved in a checkpoint's metadata. Anything but a sound config raises
+        `CheckpointError` starting with `source` (e.g. "FILE: refcomp_config") and naming the field."""
+        kwargs = config_kwargs(text, source)
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"refcomp_config metadata is not valid JSON ({err}); the file is damaged "
-                                  "or was not written by RefComp") from err
-        version = data.get("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
-            raise CheckpointError(f"refcomp_config format_version {version} is newer than this RefComp "
-                                  f"understands ({FORMAT_VERSION}); upgrade RefComp")
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = {k: v for k, v in data.items() if k not in known}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("lora_targets", "layout_blocks"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = tuple(kwargs[key])
-        if isinstance(kwargs.get("instanceassemble"), dict):
-            ia = dict(kwargs["instanceassemble"])
-            ia["lora"] = {k: tuple(v) for k, v in ia.get("lora", {}).items()}
-            kwargs["instanceassemble"] = IAConfig(**ia)
-        kwargs["extra"] = {**kwargs.get("extra", {}), **extra}
-        return cls(**kwargs)
+            return cls(**kwargs)
+        except ValueError as err:           # the class's own invariants, e.g. heads dividing the width
+            raise CheckpointError(f"{source}: {err}; the file is damaged or was not written by RefComp") from None
 
     def check_model(self, *, hidden_size: int, num_double_blocks: int, num_single_blocks: int) -> None:
         """Raise `CheckpointError` naming both numbers when the model does not fit this adapter."""
@@ -247,3 +235,115 @@ class RefCompConfig:
                 raise CheckpointError(
                     f"this RefComp checkpoint was trained for a FLUX model with {what} {ours}, but the model "
                     f"given has {what} {theirs}; load a checkpoint trained for this model")
+
+
+def _int_bounds() -> dict[str, tuple[int, int]]:
+    """Bounds of the integer fields of a config read from a file (refcomp_core.limits)."""
+    dims = ("hidden_size", "num_heads", "clip_dim", "dino_dim", "text_dim", "visual_dim", "alpha_hidden",
+            "bridge_rank", "lora_rank")
+    return {**{name: (1, MAX_FILE_DIM) for name in dims}, "num_double_blocks": (1, MAX_FILE_BLOCKS),
+            "num_single_blocks": (0, MAX_FILE_BLOCKS), "dense_k": (1, MAX_FILE_POINTS),
+            "fourier_freqs": (1, MAX_FILE_FREQS), "max_instances": (1, 1 << 20), "format_version": (0, 1 << 20)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """Why `value` cannot be the field `name` of a config read from a file (None when it can)."""
+    bounds = _int_bounds()
+    if name in bounds:
+        low, high = bounds[name]
+        return None if _is_int(value) and low <= value <= high else f"an integer in [{low}, {high}]"
+    if name in ("fourier_temperature", "lora_scale"):
+        number = finite_float(value)
+        if name == "fourier_temperature":
+            return None if number is not None and number > 0 else "a finite number > 0"
+        return None if number is not None else "a finite number"
+    if name == "modulation_rank":
+        return None if value == "full" or (_is_int(value) and 1 <= value <= MAX_FILE_DIM) else \
+            f"an integer in [1, {MAX_FILE_DIM}] or \"full\""
+    if name == "lora_targets":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of names"
+    if name == "layout_blocks":
+        ok = value is None or (isinstance(value, list) and len(value) <= MAX_FILE_BLOCKS
+                               and all(_is_int(v) for v in value))
+        return None if ok else "null or a list of double-block indices"
+    if name == "assemble_output":
+        return None if isinstance(value, str) else "\"gate\" or \"linear\""
+    if name == "extra":
+        return None if isinstance(value, dict) else "an object"
+    if name == "layout_pathway":
+        return None if value in LAYOUT_PATHWAYS else f"one of {list(LAYOUT_PATHWAYS)}"
+    if name == "identity":
+        return None if isinstance(value, bool) else "true or false"
+    if name == "instanceassemble":
+        return None if value is None or isinstance(value, dict) else "null or an object"
+    return None
+
+
+def _ia_config(value: dict[str, Any], source: str) -> IAConfig:
+    """The InstanceAssemble section of a file's config, checked (CheckpointError naming the field)."""
+    def bad(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{source}: field instanceassemble.{field} {problem}; the file is damaged or was "
+                               "not written by RefComp")
+    ia = dict(value)
+    for key in ("double_blocks", "single_blocks"):
+        blocks = ia.get(key)
+        if not isinstance(blocks, list) or len(blocks) > MAX_FILE_BLOCKS or not all(_is_int(b) for b in blocks):
+            raise bad(key, f"must be a list of at most {MAX_FILE_BLOCKS} block indices, got {show(blocks)}")
+    lora = ia.get("lora", {})
+    if not isinstance(lora, dict) or len(lora) > 64 * MAX_FILE_BLOCKS:
+        raise bad("lora", f"must be an object of LoRA sites, got {show(lora)}")
+    for site, entry in lora.items():
+        if not (isinstance(entry, list) and len(entry) == 2 and _is_int(entry[0]) and 1 <= entry[0] <= MAX_FILE_DIM
+                and finite_float(entry[1]) is not None):
+            raise bad(f"lora[{show(site)}]", f"must be [rank in [1, {MAX_FILE_DIM}], a finite multiplier], "
+                                             f"got {show(entry)}")
+    for key in ("mlp_hidden", "text_dim", "dense_k", "fourier_freqs"):
+        if key in ia and not (_is_int(ia[key]) and 1 <= ia[key] <= MAX_FILE_DIM):
+            raise bad(key, f"must be an integer in [1, {MAX_FILE_DIM}], got {show(ia[key])}")
+    ia["lora"] = {k: tuple(v) for k, v in lora.items()}
+    try:
+        return IAConfig(**ia)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: instanceassemble: {err}; the file is damaged or was not written by "
+                              "RefComp") from None
+
+
+def config_kwargs(text: Any, source: str) -> dict[str, Any]:
+    """Keyword arguments of RefCompConfig from its JSON text, every field type- and
+    bound-checked; `CheckpointError` starting with `source` and naming the field otherwise.
+    Unknown keys go to `extra`."""
+    if not isinstance(text, str):
+        raise CheckpointError(f"{source}: expected JSON text, got {type(text).__name__}; the file is damaged")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"{source}: not valid JSON ({type(err).__name__}); the file is damaged or was not "
+                              "written by RefComp") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(data).__name__}; the file is damaged")
+    version = data.get("format_version", FORMAT_VERSION)
+    if _is_int(version) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{source}: format_version {version} is newer than this RefComp "
+                              f"understands ({FORMAT_VERSION}); upgrade RefComp")
+    fields = {f.name: f for f in dataclasses.fields(RefCompConfig)}
+    for name in fields:
+        if name in data:
+            problem = _field_problem(name, data[name])
+            if problem:
+                raise CheckpointError(f"{source}: field {name} must be {problem}, got {show(data[name])}; the file "
+                                      "is damaged or was not written by RefComp")
+        elif fields[name].default is dataclasses.MISSING and fields[name].default_factory is dataclasses.MISSING:
+            raise CheckpointError(f"{source}: field {name} is missing; the file is damaged or was not written by "
+                                  "RefComp")
+    kwargs = {k: v for k, v in data.items() if k in fields}
+    for key in ("lora_targets", "layout_blocks"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    if isinstance(kwargs.get("instanceassemble"), dict):
+        kwargs["instanceassemble"] = _ia_config(kwargs["instanceassemble"], source)
+    kwargs["extra"] = {**kwargs.get("extra", {}), **{k: v for k, v in data.items() if k not in fields}}
+    return kwargs

@@ -8,14 +8,15 @@ training manifest and the CLI. Validation lives here and only here.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Union
 
 from .errors import LayoutError
+from .limits import MAX_CAPTION_CHARS, MAX_INSTANCES, MAX_JSON_DEPTH, MAX_SIDE_PX, MIN_SIDE_PX
+from .values import finite_float, json_problem, show, valid_unicode
 
 LAYOUT_VERSION = 1
-TOKEN_PX = 16
+TOKEN_PX = MIN_SIDE_PX
 DEPTHS: tuple[str, ...] = ("fg", "mg", "bg")
 Depth = Literal["fg", "mg", "bg"]
 RefKind = Literal["index", "path"]
@@ -79,21 +80,22 @@ class Layout:
 LayoutSource = Union[str, bytes, dict, Layout]
 
 
-def parse_layout(source: LayoutSource, *, num_refs: int | None = None, max_instances: int = 50,
+def parse_layout(source: LayoutSource, *, num_refs: int | None = None, max_instances: int = MAX_INSTANCES,
                  ref_kind: RefKind = "index") -> Layout:
-    """Parse and validate a layout v1 document (JSON text, dict, or `Layout`).
+    """Parse and validate a layout v1 document (JSON text, UTF-8 bytes, dict, or `Layout`).
 
     `num_refs`, when given, is the size of the reference set: every integer `ref`
-    must be below it. Raises `LayoutError` naming the instance index and field.
+    must be below it. Raises `LayoutError` naming the instance index and field; any
+    other input (wrong types, huge numbers, deep nesting, broken text) raises it too.
+    Limits (refcomp_core.limits): `max_instances` boxes, sides up to MAX_SIDE_PX,
+    captions up to MAX_CAPTION_CHARS characters.
     """
     if isinstance(source, Layout):
         source = source.to_dict()
-    if isinstance(source, (str, bytes)):
-        try:
-            source = json.loads(source)
-        except json.JSONDecodeError as err:
-            raise LayoutError(f"layout: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
-                              "pass a layout v1 JSON object") from None
+    if isinstance(source, (bytes, bytearray)):
+        source = _decode(bytes(source))
+    if isinstance(source, str):
+        source = _load_json(source)
     if not isinstance(source, dict):
         raise LayoutError(f"layout: expected a JSON object, got {type(source).__name__}")
     doc = _migrate(dict(source))
@@ -106,18 +108,51 @@ def parse_layout(source: LayoutSource, *, num_refs: int | None = None, max_insta
         raise LayoutError(f"layout.instances: {len(raw)} instances, more than max_instances={max_instances}; "
                           "remove boxes or raise max_instances")
     instances = tuple(_instance(i, item, width, height, num_refs, ref_kind) for i, item in enumerate(raw))
-    extra = {k: v for k, v in doc.items() if k not in ("version", "width", "height", "instances")}
+    extra = _extra("layout", doc, ("version", "width", "height", "instances"))
     return Layout(width=width, height=height, instances=instances, extra=extra)
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode(json.detect_encoding(data))
+    except UnicodeDecodeError as err:
+        raise LayoutError(f"layout: the text is not valid {err.encoding.upper()} (bad byte at position "
+                          f"{err.start}); save the layout as UTF-8 JSON") from None
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return json.loads(text.removeprefix("\ufeff"))
+    except json.JSONDecodeError as err:
+        raise LayoutError(f"layout: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+                          "pass a layout v1 JSON object") from None
+    except RecursionError:
+        raise LayoutError("layout: the JSON is nested too deeply to read; a layout v1 document is a flat object "
+                          "of instances") from None
+    except ValueError:          # an integer literal beyond Python's digit limit
+        raise LayoutError("layout: the JSON holds a number with thousands of digits; box coordinates are in "
+                          "[0, 1] and sizes in pixels") from None
+
+
+def _extra(where: str, item: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    """The unknown keys of `item`, kept as they are when they are plain JSON."""
+    extra = {k: v for k, v in item.items() if k not in known}
+    problem = json_problem(extra, MAX_JSON_DEPTH)
+    if problem:
+        keys = ", ".join(show(k) for k in list(extra)[:5])
+        raise LayoutError(f"{where}: an unknown key ({keys}) {problem}; unknown keys are kept, so they must hold "
+                          "plain JSON values (remove the key or fix its value)")
+    return extra
 
 
 def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
     version = doc.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise LayoutError(f"layout.version: expected an integer version (1), got {version!r}")
+        raise LayoutError(f"layout.version: expected an integer version (1), got {show(version)}")
     while version != LAYOUT_VERSION:
         step = MIGRATIONS.get(version)
         if step is None:
-            raise LayoutError(f"layout.version: unknown layout version {version}; this RefComp reads version "
+            raise LayoutError(f"layout.version: unknown layout version {show(version)}; this RefComp reads version "
                               f"{LAYOUT_VERSION} (upgrade RefComp for newer layouts)")
         doc = step(doc)
         version = doc["version"]
@@ -126,10 +161,11 @@ def _migrate(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _dimension(doc: dict[str, Any], key: str) -> int:
     value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value != int(value) or value < TOKEN_PX:
-        raise LayoutError(f"layout.{key}: expected an integer number of pixels >= {TOKEN_PX}, got {value!r}")
-    return int(value)
+    number = finite_float(value)
+    if number is None or number != int(number) or not MIN_SIDE_PX <= number <= MAX_SIDE_PX:
+        raise LayoutError(f"layout.{key}: expected an integer number of pixels in [{MIN_SIDE_PX}, {MAX_SIDE_PX}], "
+                          f"got {show(value)}; RefComp composes images up to {MAX_SIDE_PX} px per side")
+    return int(number)
 
 
 def _instance(index: int, item: Any, width: int, height: int, num_refs: int | None, ref_kind: RefKind) -> Instance:
@@ -138,37 +174,48 @@ def _instance(index: int, item: Any, width: int, height: int, num_refs: int | No
         raise LayoutError(f"{where}: expected an object, got {type(item).__name__}")
     box = _box(where, item.get("box"), width, height)
     ref = _ref(where, item.get("ref"), num_refs, ref_kind)
-    caption = item.get("caption")
-    if caption is not None and not isinstance(caption, str):
-        raise LayoutError(f"{where}.caption: expected a string or null, got {type(caption).__name__}")
-    caption = caption.strip() or None if caption is not None else None
+    caption = _caption(where, item.get("caption"))
     depth = item.get("depth")
-    if depth is not None and depth not in DEPTHS:
-        raise LayoutError(f"{where}.depth: unknown depth {depth!r}; use one of 'fg', 'mg', 'bg' or null")
+    if depth is not None and not (isinstance(depth, str) and depth in DEPTHS):
+        raise LayoutError(f"{where}.depth: unknown depth {show(depth)}; use one of 'fg', 'mg', 'bg' or null")
     alpha = item.get("alpha")
     if alpha is not None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
-                or not 0.0 <= alpha <= 1.0:
-            raise LayoutError(f"{where}.alpha: expected a number in [0, 1] or null, got {alpha!r}")
-        alpha = float(alpha)
-    extra = {k: v for k, v in item.items() if k not in ("box", "ref", "caption", "depth", "alpha")}
+        alpha = finite_float(alpha)
+        if alpha is None or not 0.0 <= alpha <= 1.0:
+            raise LayoutError(f"{where}.alpha: expected a number in [0, 1] or null, got {show(item.get('alpha'))}")
+    extra = _extra(where, item, ("box", "ref", "caption", "depth", "alpha"))
     return Instance(box=box, ref=ref, caption=caption, depth=depth, alpha=alpha, extra=extra)
+
+
+def _caption(where: str, caption: Any) -> str | None:
+    if caption is None:
+        return None
+    if not isinstance(caption, str):
+        raise LayoutError(f"{where}.caption: expected a string or null, got {type(caption).__name__}")
+    if not valid_unicode(caption):
+        raise LayoutError(f"{where}.caption: the text is not valid Unicode (it holds a lone surrogate); retype it")
+    caption = caption.strip()
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise LayoutError(f"{where}.caption: {len(caption)} characters, more than the {MAX_CAPTION_CHARS}-character "
+                          "limit; shorten it (CLIP-L reads only its first 77 tokens)")
+    return caption or None
 
 
 def _box(where: str, box: Any, width: int, height: int) -> tuple[float, float, float, float]:
     if not isinstance(box, (list, tuple)) or len(box) != 4:
-        raise LayoutError(f"{where}.box: expected [x0, y0, x1, y1], got {box!r}")
+        raise LayoutError(f"{where}.box: expected [x0, y0, x1, y1], got {show(box)}")
     values = []
     for v in box:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise LayoutError(f"{where}.box: coordinates must be finite numbers, got {box!r}")
-        if not 0.0 <= v <= 1.0:
-            raise LayoutError(f"{where}.box: coordinates are normalized to [0, 1], got {box!r}; "
+        number = finite_float(v)
+        if number is None:
+            raise LayoutError(f"{where}.box: coordinates must be finite numbers, got {show(box)}")
+        if not 0.0 <= number <= 1.0:
+            raise LayoutError(f"{where}.box: coordinates are normalized to [0, 1], got {show(box)}; "
                               "divide pixel coordinates by the image width/height")
-        values.append(float(v))
+        values.append(number)
     x0, y0, x1, y1 = values
     if not (x0 < x1 and y0 < y1):
-        raise LayoutError(f"{where}.box: empty box {box!r}; need x0 < x1 and y0 < y1")
+        raise LayoutError(f"{where}.box: empty box {show(box)}; need x0 < x1 and y0 < y1")
     if (x1 - x0) * width < TOKEN_PX - 1e-6 or (y1 - y0) * height < TOKEN_PX - 1e-6:
         raise LayoutError(f"{where}.box: box is {(x1 - x0) * width:.1f}x{(y1 - y0) * height:.1f} px, under one "
                           f"{TOKEN_PX}x{TOKEN_PX} px token of a {width}x{height} image; make it larger")
@@ -179,13 +226,13 @@ def _ref(where: str, ref: Any, num_refs: int | None, ref_kind: RefKind) -> int |
     if ref is None:
         return None
     if ref_kind == "path":
-        if not isinstance(ref, str) or not ref:
+        if not isinstance(ref, str) or not ref or "\x00" in ref or not valid_unicode(ref):
             raise LayoutError(f"{where}.ref: expected a crop path (string) or null in a training manifest, "
-                              f"got {ref!r}")
+                              f"got {show(ref)}")
         return ref
     if isinstance(ref, bool) or not isinstance(ref, int):
-        raise LayoutError(f"{where}.ref: expected a reference index (integer) or null, got {ref!r}")
+        raise LayoutError(f"{where}.ref: expected a reference index (integer) or null, got {show(ref)}")
     if ref < 0 or (num_refs is not None and ref >= num_refs):
         limit = f"0..{num_refs - 1}" if num_refs else "none (the reference set is empty)"
-        raise LayoutError(f"{where}.ref: reference index {ref} is out of range; valid indices: {limit}")
+        raise LayoutError(f"{where}.ref: reference index {show(ref)} is out of range; valid indices: {limit}")
     return ref

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from compose_fixtures import T5_LEN, TinyModels, build_tiny_models, tiny_layout
+from compose_fixtures import T5_LEN, TinyModels, tiny_layout
 from refcomp import cli
 from refcomp.compose import compose, compose_run
 from refcomp.models import fresh_adapter, load_models
@@ -27,11 +27,6 @@ from refcomp_core.errors import CheckpointError, LayoutError, MissingEncoderErro
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RUN = dict(steps=3, max_sequence_length=T5_LEN, prompt="a cat in the tree", seed=7)
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> TinyModels:
-    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +193,10 @@ def test_cli_errors_exit_2_with_message(tiny, tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert cli.main(cli_args(tiny, tmp_path / "ok.json", tmp_path / "o.png", "--adapter", str(pickled))) == 2
     assert "safetensors" in caplog.text and "Traceback" not in caplog.text
-    with pytest.raises(SystemExit) as exit_info:       # neither --adapter nor --init-adapter
-        cli.main(["compose", "--layout", str(layout), "--flux", str(tiny.flux), "--out", "x.png"])
-    assert exit_info.value.code == 2
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):                 # neither --adapter nor --init-adapter
+        assert cli.main(["compose", "--layout", str(layout), "--flux", str(tiny.flux), "--out", "x.png"]) == 2
+    assert "--adapter --init-adapter is required" in caplog.text
 
 
 def test_console_script_compose(tiny, tmp_path):

@@ -19,7 +19,10 @@ import shutil
 from typing import Any
 
 from refcomp_core import RefCompAdapter
-from refcomp_core.checkpoint import save_adapter
+from refcomp_core.atomic import write_text_atomic
+from refcomp_core.checkpoint import load_tensors, save_adapter
+from refcomp_core.errors import CheckpointError
+from refcomp_core.values import one_line, show
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,9 @@ def register_hooks(accelerator: Any, model: Any, *, stage: int, base_model: str,
         weights.clear()                                   # our file replaces accelerate's model.safetensors
 
     def load_hook(models: list, input_dir: str) -> None:
-        from safetensors.torch import load_file
         if _sharded(accelerator):
             return                                        # accelerate loads its FSDP model files
-        tensors = load_file(os.path.join(input_dir, ADAPTER_FILE))
+        tensors = load_tensors(os.path.join(input_dir, ADAPTER_FILE))     # CheckpointError naming a damaged file
         while models:
             _inner(models.pop()).load_state_dict(tensors)
 
@@ -78,10 +80,7 @@ def save_checkpoint(accelerator: Any, step: int, skipped: dict[str, int]) -> str
     """save_state, then mark the folder complete with trainer_state.json (main process)."""
     path = accelerator.save_state(safe_serialization=True)
     if accelerator.is_main_process:
-        tmp = os.path.join(path, STATE_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"step": step, "skipped": skipped}, f)
-        os.replace(tmp, os.path.join(path, STATE_FILE))
+        write_text_atomic(os.path.join(path, STATE_FILE), json.dumps({"step": step, "skipped": skipped}))
         log.info("checkpoint at step %d: %s", step, path)
     accelerator.wait_for_everyone()
     return path
@@ -123,12 +122,28 @@ def resume(accelerator: Any, output_dir: str, which: str) -> tuple[int, dict[str
                 log.warning("removing incomplete checkpoint %s", full)
                 shutil.rmtree(full)
     accelerator.wait_for_everyone()
+    step, skipped = read_trainer_state(os.path.join(path, STATE_FILE))     # before loading anything heavy
     accelerator.load_state(path)
     accelerator.project_configuration.iteration = _number(path) + 1
-    with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-        state = json.load(f)
-    log.info("resumed from %s at step %d", path, state["step"])
-    return int(state["step"]), dict(state.get("skipped", {}))
+    log.info("resumed from %s at step %d", path, step)
+    return step, skipped
+
+
+def read_trainer_state(path: str) -> tuple[int, dict[str, int]]:
+    """(step, skipped counts) of a checkpoint's trainer_state.json; CheckpointError naming the file if damaged."""
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read())
+    except (OSError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"{path}: not readable JSON ({one_line(err)}); the checkpoint is damaged: resume from "
+                              "an earlier checkpoint_<k> folder") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    skipped = state.get("skipped", {}) if isinstance(state, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(skipped, dict) \
+            or not all(isinstance(k, str) and type(v) is int for k, v in skipped.items()):
+        raise CheckpointError(f"{path}: expected {{\"step\": <int >= 0>, \"skipped\": {{reason: count}}}}, got "
+                              f"{show(state)}; the checkpoint is damaged: resume from an earlier checkpoint_<k> folder")
+    return step, dict(skipped)
 
 
 def check_ranks_agree(accelerator: Any, model: Any) -> str:

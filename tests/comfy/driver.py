@@ -5,7 +5,8 @@ one JSON line `RESULT {...}` for the pytest side. Never imported by pytest.
 
 Tasks: load (node registry), parity (tensors for the diffusers comparison),
 ia_parity (the InstanceAssemble pathway, for the oracle comparison), sample (ComfyUI's own
-executor on a tiny FLUX).
+executor on a tiny FLUX), errors (each prompt of prompts.json through the executor; the error
+message ComfyUI reports for each).
 """
 from __future__ import annotations
 
@@ -193,36 +194,57 @@ def task_ia_parity() -> None:
     RESULT["batch"] = inputs["x"].shape[0]
 
 
+class _Server:
+    """The little of PromptServer that the executor uses."""
+
+    client_id = None
+    last_node_id = None
+
+    def send_sync(self, event, data, sid=None):
+        pass
+
+    def queue_updated(self):
+        pass
+
+
+def _execute(prompt_id: str, prompt: dict) -> dict:
+    """Validate and run one prompt with ComfyUI's own executor. -> {"valid", "validation" (when
+    invalid), "success", "errors": [{node_type, exception_message, exception_type}]}"""
+    import execution
+
+    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    if not valid[0]:
+        return {"valid": False, "validation": {"error": valid[1], "node_errors": valid[3]}}
+    cache_type = getattr(execution, "CacheType").CLASSIC
+    ex = execution.PromptExecutor(_Server(), cache_type=cache_type, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    ex.execute(prompt, prompt_id, {}, valid[2])
+    errors = [{k: data.get(k) for k in ("node_type", "exception_message", "exception_type")}
+              for event, data in ex.status_messages if event == "execution_error"]
+    return {"valid": True, "success": bool(ex.success), "errors": errors}
+
+
 def task_sample() -> None:
     init_nodes()
-    import execution
     with open(os.path.join(WORK, "prompt.json")) as f:
         prompt = json.load(f)
+    RESULT.update(_execute("p1", prompt))
 
-    class Server:
-        client_id = None
-        last_node_id = None
 
-        def send_sync(self, event, data, sid=None):
-            if event == "execution_error":
-                RESULT.setdefault("errors", []).append({k: data.get(k) for k in ("node_type", "exception_message")})
-
-        def queue_updated(self):
-            pass
-
-    valid = asyncio.run(execution.validate_prompt("p1", prompt, None))
-    RESULT["valid"] = bool(valid[0])
-    if not valid[0]:
-        RESULT["validation"] = {"error": valid[1], "node_errors": valid[3]}
-        return
-    cache_type = getattr(execution, "CacheType").CLASSIC
-    ex = execution.PromptExecutor(Server(), cache_type=cache_type, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
-    ex.execute(prompt, "p1", {}, valid[2])
-    RESULT["success"] = bool(ex.success)
+def task_errors() -> None:
+    """Run each prompt of prompts.json ({name: prompt}); RESULT["errors"][name] is the last
+    error the executor reports (node type, exception message), or None when the prompt ran."""
+    init_nodes()
+    with open(os.path.join(WORK, "prompts.json")) as f:
+        prompts = json.load(f)
+    RESULT["errors"] = {}
+    for name, prompt in prompts.items():
+        res = _execute(name, prompt)
+        RESULT["errors"][name] = res if not res["valid"] else (None if res["success"] else (res["errors"] or [{}])[-1])
 
 
 if __name__ == "__main__":
     try:
-        {"load": task_load, "parity": task_parity, "sample": task_sample, "ia_parity": task_ia_parity}[TASK]()
+        {"load": task_load, "parity": task_parity, "sample": task_sample, "ia_parity": task_ia_parity,
+         "errors": task_errors}[TASK]()
     finally:
         print("RESULT " + json.dumps(RESULT, default=str), flush=True)
