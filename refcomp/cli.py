@@ -1,7 +1,10 @@
 """The `refcomp` console command.
 
     refcomp compose --layout L.json --refs DIR --flux DIR --adapter FILE --clip DIR --dino DIR --out out.png
+    refcomp compose --layout L.json --refs DIR --flux DIR [--adapter IA.safetensors] --xverse XV.safetensors \
+        --clip DIR --out out.png
     refcomp convert instanceassemble --layout layout.pth --lora LORA.safetensors --out FILE.safetensors
+    refcomp convert xverse --adapter modulation_adapter/ --lora LORA.safetensors --out FILE.safetensors
     refcomp train ...          -> training.train:main(argv)
     refcomp prepare-data ...   -> training.prepare_data:main(argv)
     refcomp demo|toy ...       -> refcomp.toy.cli:main(argv), else refcomp.toy:main(argv)
@@ -40,6 +43,7 @@ PASSTHROUGH: dict[str, tuple[tuple[str, ...], str]] = {
 # toy CLI's `demo ARGS`, so `refcomp demo --help` shows the demo's own help.
 PASSTHROUGH_PREFIX: dict[str, tuple[str, ...]] = {"demo": ("demo",)}
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
+XVERSE_PRESETS: tuple[str, ...] = ("cli", "demo", "benchmark")    # = refcomp_core.xverse.PRESETS (no torch import)
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
@@ -68,6 +72,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _indices(text: str) -> tuple[int, ...]:
+    """A comma-separated list of reference indices, e.g. '0,2' (argparse names the flag in the error)."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of reference indices such as "
+                                         "0,2") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: reference indices are >= 0")
+    return values
+
+
 def compose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("compose", help="compose one image from a layout and reference images",
                        description="Compose one FLUX image with RefComp from local model folders. Writes OUT and "
@@ -76,12 +92,24 @@ def compose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--refs", help="folder of reference images (png/jpg/webp), sorted by file name; "
                                   "a layout `ref` indexes that list. Omit for caption-only layouts")
     p.add_argument("--flux", required=True, help="local diffusers FLUX.1 folder (FluxPipeline layout)")
-    adapter = p.add_mutually_exclusive_group(required=True)
-    adapter.add_argument("--adapter", help="RefComp checkpoint (.safetensors)")
+    adapter = p.add_mutually_exclusive_group()
+    adapter.add_argument("--adapter", help="RefComp checkpoint or converted InstanceAssemble weights (.safetensors)")
     adapter.add_argument("--init-adapter", action="store_true",
                          help="use a freshly initialised adapter instead: equals vanilla FLUX (for testing)")
+    p.add_argument("--xverse", help="converted XVerse weights (`refcomp convert xverse`): identity of the boxes with "
+                                    "a reference (with --adapter: those with alpha >= 0.5; alpha from a RefComp "
+                                    "checkpoint, else the box's alpha or depth: fg 1, else 0); needs --clip")
+    p.add_argument("--xverse-preset", choices=XVERSE_PRESETS, default="cli",
+                   help="settings of XVerse's entry points: cli (global LoRA scale 1.0, default), demo or benchmark "
+                        "(0.85)")
+    p.add_argument("--id-refs", type=_indices, default=(), metavar="I,J",
+                   help="references (layout `ref` indices) that are people: XVerse's weight_id (3) instead of "
+                        "weight_ip (5)")
+    p.add_argument("--xverse-confine", action="store_true",
+                   help="experimental, not in XVerse: each identity reference is only seen from the image tokens "
+                        "inside its box (single blocks)")
     p.add_argument("--clip", help="local CLIP-L folder (CLIPVisionModelWithProjection + processor); needed for "
-                                  "alpha prediction and BG/MG references")
+                                  "alpha prediction, BG/MG references and XVerse (ViT-L/14)")
     p.add_argument("--dino", help="local DINOv2 folder (Dinov2Model + processor); needed for FG references")
     p.add_argument("--out", required=True, help="output image path (.png); the overlay goes to OUT_layout.png")
     p.add_argument("--prompt", default="", help="global prompt")
@@ -93,7 +121,8 @@ def compose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    metavar=("START", "END"), help="fractions of the schedule with the layout branch (0 0.3)")
     p.add_argument("--modulation-window", nargs=2, type=_fraction, default=(0.0, 1.0),
                    metavar=("START", "END"), help="fractions of the schedule with FG modulation (0 1)")
-    p.add_argument("--max-sequence-length", type=int, default=512, help="T5 tokens (dev 512, schnell 256)")
+    p.add_argument("--max-sequence-length", type=int, default=None,
+                   help="T5 tokens (default 512; dev 512, schnell 256; exactly 128 with --xverse)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="default: bfloat16 on cuda, float32 on cpu")
@@ -171,6 +200,8 @@ def run_compose(args: argparse.Namespace) -> int:
 
     from .compose import compose_run
 
+    if not (args.adapter or args.init_adapter or args.xverse):
+        raise UsageError("one of --adapter, --init-adapter or --xverse is required (see `refcomp compose --help`)")
     out = Path(args.out)
     check_output(out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,11 +209,12 @@ def run_compose(args: argparse.Namespace) -> int:
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
     result = compose_run(args.layout, args.refs, flux=args.flux, adapter=args.adapter,
-                         init_adapter=args.init_adapter, clip=args.clip, dino=args.dino, device=device,
-                         dtype=dtype, prompt=args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                         strength=args.strength, layout_window=tuple(args.layout_window),
+                         init_adapter=args.init_adapter, clip=args.clip, dino=args.dino, xverse=args.xverse,
+                         device=device, dtype=dtype, prompt=args.prompt, steps=args.steps, guidance=args.guidance,
+                         seed=args.seed, strength=args.strength, layout_window=tuple(args.layout_window),
                          modulation_window=tuple(args.modulation_window),
-                         max_sequence_length=args.max_sequence_length)
+                         max_sequence_length=args.max_sequence_length, xverse_preset=args.xverse_preset,
+                         id_refs=tuple(args.id_refs), xverse_confine=args.xverse_confine)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(result.images[0], out)
     save_image(result.overlay(), overlay_path(out))

@@ -2,10 +2,13 @@
 
     images = compose("layout.json", refs="refs/", flux="FLUX.1-dev/", adapter="refcomp.safetensors",
                      clip="clip-vit-large-patch14/", dino="dinov2-large/", prompt="a picnic", seed=1)
+    images = compose("layout.json", refs="refs/", flux="FLUX.1-dev/", adapter="instanceassemble_flux1.safetensors",
+                     xverse="xverse_flux1.safetensors", clip="clip-vit-large-patch14/", prompt="a dog and a man")
 
-Per sampling run the encoders run once and one `CompositionState` is built; every
-denoising step reuses it. The session progress (step / steps) is advanced from
-FluxPipeline's `callback_on_step_end`, which drives the layout/modulation windows.
+Per sampling run the encoders run once and one `CompositionState` (RefComp / InstanceAssemble)
+and one `XVerseRun` (XVerse's identity pathway, `xverse_inputs`) are built; every denoising step
+reuses them. The session progress (step / steps) is advanced from FluxPipeline's
+`callback_on_step_end`, which drives the layout/modulation windows.
 """
 from __future__ import annotations
 
@@ -25,11 +28,14 @@ from refcomp_core.hosts.diffusers_flux import patch_flux
 from refcomp_core.layout_import import from_instanceassemble, is_instanceassemble
 from refcomp_core.limits import MAX_GUIDANCE, MAX_STEPS
 from refcomp_core.values import finite_float, one_line, show, valid_unicode
+from refcomp_core.xverse import PRESETS, fill_entities
+from refcomp_core.xverse.spans import T5_LENGTH
 
 from .encoders import instance_features
 from .models import ComposeModels, load_models
 from .preview import draw_layout
 from .refs import check_reference_count, list_reference_files, load_references, to_rgb
+from .xverse_inputs import build_xverse_run, check_id_refs, check_identity_boxes, identity_boxes, label_alpha
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,12 @@ def check_number(flag: str, value: Any, low: float, high: float) -> float:
 
 @dataclass(frozen=True)
 class ComposeOptions:
-    """Sampling settings. Windows are (start, end) fractions of the schedule."""
+    """Sampling settings. Windows are (start, end) fractions of the schedule.
+
+    max_sequence_length: T5 tokens of the prompt; None = 512, or XVerse's exact 128 when XVerse runs.
+    xverse_preset: the XVerse entry point whose settings to use (`PRESETS`: cli, demo, benchmark);
+    id_refs: reference indices that are people (XVerse's weight_id); xverse_confine: RefComp's
+    experimental confinement of each identity reference to its box in the single blocks."""
 
     prompt: str = ""
     steps: int = 28
@@ -63,12 +74,22 @@ class ComposeOptions:
     strength: float = 1.0
     layout_window: tuple[float, float] = (0.0, 0.3)
     modulation_window: tuple[float, float] = (0.0, 1.0)
-    max_sequence_length: int = 512
+    max_sequence_length: int | None = None
+    xverse_preset: str = "cli"
+    id_refs: tuple[int, ...] = ()
+    xverse_confine: bool = False
 
     def __post_init__(self) -> None:
         """Every value is checked here, naming its `refcomp compose` flag, before a model is loaded."""
         check_int("--steps", self.steps, 1, MAX_STEPS)
-        check_int("--max-sequence-length", self.max_sequence_length, 1, 512, "(FLUX.1-dev 512, schnell 256)")
+        if self.max_sequence_length is not None:
+            check_int("--max-sequence-length", self.max_sequence_length, 1, 512, "(FLUX.1-dev 512, schnell 256)")
+        if self.xverse_preset not in PRESETS:
+            raise UsageError(f"--xverse-preset: {show(self.xverse_preset)} is not one of {sorted(PRESETS)}")
+        if not isinstance(self.id_refs, (tuple, list)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.id_refs):
+            raise UsageError(f"--id-refs: expected reference indices (integers >= 0) such as 0,2, got "
+                             f"{show(self.id_refs)}")
         check_int("--seed", self.seed, 0, 2 ** 64 - 1)
         check_number("--guidance", self.guidance, 0.0, MAX_GUIDANCE)
         check_number("--strength", self.strength, 0.0, 10.0)
@@ -85,6 +106,16 @@ class ComposeOptions:
     def controls(self) -> Controls:
         return Controls(strength=self.strength, layout_window=tuple(self.layout_window),
                         modulation_window=tuple(self.modulation_window))
+
+    def sequence_length(self, xverse: bool) -> int:
+        """T5 tokens of the prompt: XVerse binds its offsets to exactly 128."""
+        if not xverse:
+            return self.max_sequence_length or 512
+        if self.max_sequence_length not in (None, T5_LENGTH):
+            raise UsageError(f"--max-sequence-length: XVerse encodes the prompt at exactly {T5_LENGTH} T5 tokens (its "
+                             f"offsets are bound to those), got {self.max_sequence_length}; omit the flag or pass "
+                             f"{T5_LENGTH}")
+        return T5_LENGTH
 
 
 @dataclass
@@ -147,24 +178,45 @@ def fit_size(layout: Layout, multiple: int) -> Layout:
 
 def run_composition(models: ComposeModels, layout: Layout, references: Sequence[Image.Image],
                     options: ComposeOptions) -> Composition:
-    """Sample one image with RefComp. `layout` must already be validated against `references`
-    (`read_layout(..., num_refs=len(references))` and `check_reference_count(layout, len(references))`)."""
+    """Sample one image with RefComp and/or XVerse. `layout` must already be validated against
+    `references` (`read_layout(..., num_refs=len(references))` and `check_reference_count(layout,
+    len(references))`).
+
+    With a RefComp / InstanceAssemble adapter every box goes through its layout pathway; with XVerse
+    too, the boxes with a reference and alpha >= 0.5 also go through XVerse's identity pathway (alpha
+    predicted by a RefComp checkpoint, else the box's manual alpha or its depth label: fg 1, else 0).
+    XVerse alone takes every box with a reference."""
     pipe, adapter = models.pipe, models.adapter
     layout = fit_size(layout, multiple=pipe.vae_scale_factor * 2)
     controls = options.controls()
-    state = None
+    length = options.sequence_length(models.xverse is not None)
+    id_refs = check_id_refs(options.id_refs, len(references)) if models.xverse is not None else ()
+    state, chosen = None, []
+    predicts = adapter is not None and adapter.config.identity
+    if models.xverse is not None and not predicts:
+        chosen = identity_boxes(layout, None if adapter is None else label_alpha(layout))
+        check_identity_boxes(layout, chosen, id_refs)         # before any encoder runs
     if len(layout) == 0:
         log.warning("the layout has no instances; composing is a no-op (vanilla FLUX)")
-    else:
-        features = instance_features(models.encoders, references, layout, tokenizer=pipe.tokenizer,
-                                     text_encoder=pipe.text_encoder)
-        try:
-            with torch.no_grad():
-                state = build_state(adapter, layout, features)      # once per sampling run
-        except MissingEncoderError as err:
-            raise MissingEncoderError(f"{err} (headless: pass --dino DIR for FG references and --clip DIR for "
-                                      "alpha prediction and BG/MG references)") from None
-    session = RefCompSession(adapter, state, controls, step=0, num_steps=options.steps)
+    elif adapter is not None:
+        caption_only = models.xverse is not None and not predicts       # XVerse takes the references
+        state = _refcomp_state(models, layout, [] if caption_only else references, caption_only=caption_only)
+        if models.xverse is not None and predicts:
+            chosen = identity_boxes(layout, state.alpha.float().tolist())
+            check_identity_boxes(layout, chosen, id_refs)
+    prompt = options.prompt or str(layout.extra.get("prompt") or "")
+    if prompt and not options.prompt:
+        log.info("prompt from the layout file: %r", prompt)
+    xverse_run = None
+    if chosen:
+        prompt = _fill_entities(prompt, [layout.instances[i].caption for i in chosen])
+        xverse_run = build_xverse_run(models.xverse, models.encoders, pipe, layout, chosen, references, prompt=prompt,
+                                      seed=options.seed, preset=options.xverse_preset, id_refs=id_refs,
+                                      confine=options.xverse_confine)
+    elif models.xverse is not None and len(layout):
+        log.warning("XVerse: no box has a reference%s, so XVerse is off and the image is %s alone",
+                    "" if adapter is None else " with alpha >= 0.5", "FLUX" if adapter is None else "the adapter")
+    session = RefCompSession(adapter, state, controls, step=0, num_steps=options.steps, xverse=xverse_run)
     if state is not None and adapter.config.layout_pathway == "instanceassemble" \
             and int(controls.layout_window[1] * options.steps) <= int(controls.layout_window[0] * options.steps):
         log.warning("InstanceAssemble layout: %d steps with the layout window %s leave no grounding step "
@@ -177,40 +229,75 @@ def run_composition(models: ComposeModels, layout: Layout, references: Sequence[
         return {}
 
     generator = torch.Generator(device="cpu").manual_seed(options.seed)
-    prompt = options.prompt or str(layout.extra.get("prompt") or "")
-    if prompt and not options.prompt:
-        log.info("prompt from the layout file: %r", prompt)
     kwargs = dict(prompt=prompt, height=layout.height, width=layout.width,
                   num_inference_steps=options.steps, guidance_scale=options.guidance, generator=generator,
-                  max_sequence_length=options.max_sequence_length, output_type="pil")
+                  max_sequence_length=length, output_type="pil")
     with torch.no_grad():
-        if state is None:
+        if state is None and xverse_run is None:
             images = pipe(**kwargs).images
         else:
             with patch_flux(pipe.transformer, session):
                 images = pipe(**kwargs, callback_on_step_end=on_step_end).images
-    alpha = state.alpha.float().tolist() if state is not None else []
-    return Composition(images=list(images), layout=layout, alpha=alpha,
-                       is_fg=list(state.is_fg) if state is not None else [])
+    alpha = state.alpha.float().tolist() if state is not None and predicts else \
+        (label_alpha(layout) if chosen and adapter is not None else [])
+    is_fg = list(state.is_fg) if state is not None and predicts else [i in chosen for i in range(len(layout))]
+    return Composition(images=list(images), layout=layout, alpha=alpha, is_fg=is_fg if any(is_fg) else [])
+
+
+def _refcomp_state(models: ComposeModels, layout: Layout, references: Sequence[Image.Image], *,
+                   caption_only: bool) -> Any:
+    """The RefComp / InstanceAssemble state of a layout. `caption_only`: XVerse takes the references and
+    this adapter has no identity pathway, so its boxes are read as captions alone (as it does anyway)."""
+    pipe, adapter = models.pipe, models.adapter
+    if caption_only:
+        layout = parse_layout({**layout.to_dict(), "instances": [{**i.to_dict(), "ref": None}
+                                                                 for i in layout.instances]},
+                              num_refs=None, max_instances=max(50, len(layout)))
+    features = instance_features(models.encoders, references, layout, tokenizer=pipe.tokenizer,
+                                 text_encoder=pipe.text_encoder)
+    try:
+        with torch.no_grad():
+            return build_state(adapter, layout, features)      # once per sampling run
+    except MissingEncoderError as err:
+        raise MissingEncoderError(f"{err} (headless: pass --dino DIR for FG references and --clip DIR for "
+                                  "alpha prediction and BG/MG references)") from None
+
+
+def _fill_entities(prompt: str, captions: Sequence[str]) -> str:
+    """XVerse's convention: ENT1, ENT2 ... in the prompt stand for the identity boxes' captions, in order."""
+    try:
+        filled = fill_entities(prompt, captions)
+    except ValueError as err:
+        raise UsageError(f"--prompt: {err}") from None
+    if filled != prompt:
+        log.info("prompt with the identity captions filled in: %r", filled)
+    return filled
 
 
 def compose_run(layout: LayoutInput, refs: str | os.PathLike | Sequence[Image.Image] | None = None, *,
                 models: ComposeModels | None = None, flux: Any = None,
                 adapter: str | os.PathLike | Any = None, init_adapter: bool = False,
                 clip: str | os.PathLike | None = None, dino: str | os.PathLike | None = None,
-                device: str = "cpu", dtype: str | torch.dtype = "float32", **options: Any) -> Composition:
+                xverse: str | os.PathLike | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32",
+                **options: Any) -> Composition:
     """Like `compose`, returning the full `Composition` (images, alpha, FG flags, layout)."""
     opts = ComposeOptions(**options)
+    with_xverse = xverse is not None or (models is not None and models.xverse is not None)
+    opts.sequence_length(with_xverse)
     from_folder = refs is None or isinstance(refs, (str, os.PathLike))
     names = [p.name for p in list_reference_files(refs)] if from_folder and refs is not None else []
     count = len(names) if from_folder else len(refs)
     parsed = read_layout(layout, num_refs=count)           # the layout is checked before any image is decoded
     check_reference_count(parsed, count, names)
+    if with_xverse:
+        id_refs = check_id_refs(opts.id_refs, count)
+        if models is None and adapter is None and not init_adapter:      # XVerse alone: known before loading
+            check_identity_boxes(parsed, identity_boxes(parsed, None), id_refs)
     references = load_references(refs) if from_folder else [to_rgb(r) for r in refs]
     if models is None:
         if flux is None:
             raise ValueError("--flux: a local diffusers FLUX.1 folder is required (or pass models=load_models(...))")
-        models = load_models(flux, adapter=adapter, init_adapter=init_adapter, clip=clip, dino=dino,
+        models = load_models(flux, adapter=adapter, init_adapter=init_adapter, clip=clip, dino=dino, xverse=xverse,
                              device=device, dtype=dtype)
     return run_composition(models, parsed, references, opts)
 
@@ -222,8 +309,9 @@ def compose(layout: LayoutInput, refs: str | os.PathLike | Sequence[Image.Image]
     layout: a layout v1 file path, JSON text, dict or Layout; refs: a folder of
     png/jpg/webp (sorted by name; `ref` indexes that list) or a list of images.
     Models: `models=load_models(...)` or `flux=`, `adapter=` (or `init_adapter=True`),
-    `clip=`, `dino=` folders/files plus `device`, `dtype`. Sampling: the fields of
-    `ComposeOptions` (prompt, steps, guidance, seed, strength, layout_window,
-    modulation_window, max_sequence_length).
+    `xverse=` (a converted XVerse file), `clip=`, `dino=` folders/files plus `device`, `dtype`.
+    Sampling: the fields of `ComposeOptions` (prompt, steps, guidance, seed, strength,
+    layout_window, modulation_window, max_sequence_length, xverse_preset, id_refs,
+    xverse_confine).
     """
     return compose_run(layout, refs, **kwargs).images

@@ -16,6 +16,8 @@ import json
 import logging
 from pathlib import Path
 
+from refcomp_core.values import one_line
+
 log = logging.getLogger("refcomp")
 
 
@@ -49,27 +51,34 @@ TRANSFORMER_CONFIG_HELP = ("a diffusers FLUX transformer config.json to convert 
 
 
 def check_out(path: str, example: str = "instanceassemble.safetensors") -> Path:
+    """--out: a .safetensors file path in an existing folder (UsageError naming the flag otherwise)."""
+    from refcomp_core.errors import UsageError
+
     out = Path(path)
     if out.suffix != ".safetensors":
-        raise ValueError(f"--out: {out} must end in .safetensors (RefComp writes safetensors only)")
+        raise UsageError(f"--out: {out} must end in .safetensors (RefComp writes safetensors only)")
     if out.is_dir():
-        raise ValueError(f"--out: {out} is a folder; give a file name such as {out / example}")
+        raise UsageError(f"--out: {out} is a folder; give a file name such as {out / example}")
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out: the folder {out.parent} does not exist; create it first")
+        raise UsageError(f"--out: the folder {out.parent} does not exist; create it first")
     return out
 
 
 def transformer_config(args: argparse.Namespace) -> dict | None:
-    """The --transformer-config JSON, or None when not given."""
-    from refcomp_core.errors import CheckpointError
+    """The --transformer-config JSON object, or None when not given."""
+    from refcomp_core.errors import UsageError
 
     if not args.transformer_config:
         return None
     path = Path(args.transformer_config)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"--transformer-config {path}: not a readable config.json ({err})") from None
+        config = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as err:
+        raise UsageError(f"--transformer-config {path}: not a readable config.json ({one_line(err)})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--transformer-config {path}: expected a diffusers FluxTransformer2DModel config (a JSON "
+                         f"object), found {type(config).__name__}")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

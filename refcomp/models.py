@@ -1,8 +1,8 @@
 """Loading everything the headless pipeline needs, from local folders only.
 
-`load_models(flux, adapter=..., clip=..., dino=...)` returns a `ComposeModels`
-(FluxPipeline + RefCompAdapter + image encoders) that `compose` can reuse across
-many layouts; nothing here reaches a hub (`local_files_only=True`).
+`load_models(flux, adapter=..., xverse=..., clip=..., dino=...)` returns a `ComposeModels`
+(FluxPipeline + RefComp adapter and/or converted XVerse + image encoders) that `compose`
+can reuse across many layouts; nothing here reaches a hub (`local_files_only=True`).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from refcomp_core.hosts.diffusers_flux import config_for, flux_dims
 from refcomp_core.values import one_line, show
 
 from .encoders import ImageEncoders, check_encoder_folders, dtype_kwarg, load_image_encoders, read_json_file
+from .xverse_inputs import XVerseModels, check_xverse_file, load_xverse_models
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,17 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 
 @dataclass
 class ComposeModels:
-    """A loaded FluxPipeline, the adapter sized for its transformer, and the image encoders."""
+    """A loaded FluxPipeline, the RefComp adapter sized for its transformer (None: XVerse alone), the
+    converted XVerse weights (None: RefComp alone), and the image encoders."""
 
     pipe: Any
-    adapter: RefCompAdapter
+    adapter: RefCompAdapter | None
     encoders: ImageEncoders
+    xverse: XVerseModels | None = None
 
     @property
     def device(self) -> torch.device:
-        return self.adapter.device
+        return self.adapter.device if self.adapter is not None else self.pipe.transformer.device
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -109,17 +112,20 @@ def fresh_adapter(transformer: Any, encoders: ImageEncoders, text_dim: int, **ov
 
 def load_models(flux: str | os.PathLike | Any, *, adapter: str | os.PathLike | RefCompAdapter | None = None,
                 init_adapter: bool = False, clip: str | os.PathLike | None = None,
-                dino: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                dtype: str | torch.dtype = "float32") -> ComposeModels:
-    """Load FLUX (a folder, or an already built FluxPipeline), the adapter and the encoders.
+                dino: str | os.PathLike | None = None, xverse: str | os.PathLike | None = None,
+                device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> ComposeModels:
+    """Load FLUX (a folder, or an already built FluxPipeline), the adapter, XVerse and the encoders.
 
-    `adapter` is a RefComp .safetensors file (checked against the model) or an adapter
-    object; `init_adapter=True` instead builds a fresh adapter (equal to vanilla FLUX).
+    `adapter` is a RefComp .safetensors file (a RefComp checkpoint or converted InstanceAssemble weights,
+    checked against the model) or an adapter object; `init_adapter=True` instead builds a fresh adapter
+    (equal to vanilla FLUX). `xverse` is a file from `refcomp convert xverse`; alone (no adapter) it
+    composes plain FLUX with XVerse's identity pathway, and it needs `clip` (CLIP ViT-L/14).
     """
     torch_dtype = resolve_dtype(dtype)
-    if adapter is None and not init_adapter:
-        raise ValueError("--adapter: a RefComp checkpoint (.safetensors) is required; pass --init-adapter to "
-                         "run with a freshly initialised adapter instead (for testing: equals vanilla FLUX)")
+    if adapter is None and not init_adapter and xverse is None:
+        raise ValueError("--adapter: a RefComp checkpoint (.safetensors) is required (or --xverse for XVerse alone); "
+                         "pass --init-adapter to run with a freshly initialised adapter instead (for testing: equals "
+                         "vanilla FLUX)")
     if adapter is not None and init_adapter:
         raise ValueError("--adapter and --init-adapter are exclusive; pass one of them")
     check_encoder_folders(clip, dino)    # wrong or damaged folders fail before FLUX is loaded,
@@ -127,10 +133,16 @@ def load_models(flux: str | os.PathLike | Any, *, adapter: str | os.PathLike | R
         check_flux_folder(Path(flux))
     if adapter is not None and not isinstance(adapter, RefCompAdapter):
         check_file(adapter)          # and so does a missing / pickle / foreign / damaged adapter file
+    if xverse is not None:
+        check_xverse_file(xverse)    # or XVerse file,
+        if clip is None:             # or XVerse without its image encoder
+            raise ValueError("--clip: XVerse reads each reference with CLIP ViT-L/14 vision; pass --clip DIR "
+                             "(a local openai/clip-vit-large-patch14 folder)")
     pipe = flux if hasattr(flux, "transformer") else load_flux(flux, device=device, dtype=torch_dtype)
     encoders = load_image_encoders(clip, dino, device=device, dtype=torch_dtype)
     text_dim = int(pipe.text_encoder.config.hidden_size)
     dims = flux_dims(pipe.transformer)
+    model: RefCompAdapter | None = None
     if isinstance(adapter, RefCompAdapter):
         adapter.config.check_model(hidden_size=dims.hidden_size, num_double_blocks=dims.num_double_blocks,
                                    num_single_blocks=dims.num_single_blocks)
@@ -140,10 +152,13 @@ def load_models(flux: str | os.PathLike | Any, *, adapter: str | os.PathLike | R
                                    num_single_blocks=dims.num_single_blocks)
         log.info("adapter %s: stage %s, step %s, base model %s", os.fspath(adapter), info.stage, info.step,
                  info.base_model)
-    else:
+    elif init_adapter:
         log.warning("--init-adapter: using a freshly initialised RefComp adapter; the image equals vanilla FLUX "
                     "(use it to test the set-up, not to compose)")
         model = fresh_adapter(pipe.transformer, encoders, text_dim)
-    _check_adapter_fits(model, encoders, text_dim)
-    model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
-    return ComposeModels(pipe=pipe, adapter=model, encoders=encoders)
+    if model is not None:
+        _check_adapter_fits(model, encoders, text_dim)
+        model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
+    xv = None if xverse is None else load_xverse_models(xverse, pipe=pipe, clip=encoders.clip, device=device,
+                                                        dtype=torch_dtype)
+    return ComposeModels(pipe=pipe, adapter=model, encoders=encoders, xverse=xv)

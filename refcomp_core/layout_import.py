@@ -5,15 +5,16 @@ InstanceAssemble / DenseLayout JSON:
      "annos": [{"bbox": [x1, y1, x2, y2] (pixels), "category_name": "chair", "caption": "a big red chair"}]}
 maps to one instance per anno, in order: box = bbox / (W, H) clamped to [0, 1], caption =
 "category, caption" (InstanceAssemble's own instance text; just one of them when the other is
-empty), ref / depth / alpha null. `prompt` (and `seed`) stay as extra keys of the layout. The canvas
-(web/layout_codec.js) applies the same rule.
+empty), ref / depth / alpha null. `prompt` (text or null) and `seed` stay as extra keys of the layout.
+The canvas (web/layout_codec.js) applies the same rule. Every value is checked (`finite_float`), so a
+hostile document gives a LayoutError naming the field, never a raw Python exception.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .errors import LayoutError
+from .values import finite_float, show
 
 
 def is_instanceassemble(doc: Any) -> bool:
@@ -32,24 +33,28 @@ def from_instanceassemble(doc: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(anno, dict):
             raise LayoutError(f"{where}: expected an object, got {type(anno).__name__}")
         bbox = anno.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
-            raise LayoutError(f"{where}.bbox: expected [x1, y1, x2, y2] in pixels (4 finite numbers), got {bbox!r}")
-        x1, y1, x2, y2 = bbox
+        values = [finite_float(v) for v in bbox] if isinstance(bbox, (list, tuple)) and len(bbox) == 4 else [None]
+        if any(v is None for v in values):
+            raise LayoutError(f"{where}.bbox: expected [x1, y1, x2, y2] in pixels (4 finite numbers), got {show(bbox)}")
+        x1, y1, x2, y2 = values
         if not (x2 > x1 and y2 > y1):
-            raise LayoutError(f"{where}.bbox: empty box {list(bbox)}; need x2 > x1 and y2 > y1 (pixel xyxy)")
+            raise LayoutError(f"{where}.bbox: empty box {show(list(bbox))}; need x2 > x1 and y2 > y1 (pixel xyxy)")
         box = [min(1.0, max(0.0, v / s)) for v, s in ((x1, width), (y1, height), (x2, width), (y2, height))]
         instances.append({"box": box, "ref": None, "caption": _text(anno, where), "depth": None, "alpha": None})
+    prompt = doc.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise LayoutError(f"InstanceAssemble layout: prompt must be text (or absent), got {show(prompt)}")
     extra = {k: v for k, v in doc.items() if k not in ("annos", "width", "height")}
     return {**extra, "version": 1, "width": width, "height": height, "instances": instances}
 
 
 def _size(doc: dict[str, Any], key: str) -> int:
     value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value != int(value) or value <= 0:
-        raise LayoutError(f"InstanceAssemble layout: {key} must be a positive integer number of pixels, got {value!r}")
-    return int(value)
+    number = finite_float(value)
+    if number is None or number != int(number) or number <= 0:
+        raise LayoutError(f"InstanceAssemble layout: {key} must be a positive integer number of pixels, got "
+                          f"{show(value)}")
+    return int(number)
 
 
 def _text(anno: dict[str, Any], where: str) -> str | None:

@@ -52,6 +52,12 @@ def nested(depth: int, leaf: Any = 0) -> Any:
     return value
 
 
+# What one field of a valid document is replaced with: any JSON, an edge number, four of them, deep nesting.
+hostile_values = st.one_of(json_values, st.sampled_from(EDGE_NUMBERS), texts,
+                           st.lists(st.sampled_from(EDGE_NUMBERS), min_size=4, max_size=4),
+                           st.integers(1, 300).map(nested))
+
+
 @st.composite
 def valid_layouts(draw, num_refs: int = 3) -> dict:
     """A valid layout v1 dict: every box at least one 16 px token at the drawn size."""

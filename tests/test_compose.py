@@ -196,7 +196,7 @@ def test_cli_errors_exit_2_with_message(tiny, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.ERROR):                 # neither --adapter nor --init-adapter
         assert cli.main(["compose", "--layout", str(layout), "--flux", str(tiny.flux), "--out", "x.png"]) == 2
-    assert "--adapter --init-adapter is required" in caplog.text
+    assert "one of --adapter, --init-adapter or --xverse is required" in caplog.text
 
 
 def test_console_script_compose(tiny, tmp_path):

@@ -13,7 +13,9 @@ Single block s:
   (`wrap_single_view`) and at `ref_sblock` (1.3) for R; the AdaLN and the MLP input have none;
 - text and image rows also attend to R (`single_attention`) with an additive bias: log lambda_j on
   reference j's columns for image rows and for the prompt tokens bound to reference j, -inf for
-  every other text row; R rows attend to everything with no bias.
+  every other text row; R rows attend to everything with no bias. With `XVerseState.confine`
+  (RefComp's experimental option, not XVerse's) an image row outside reference j's box gets -inf
+  on reference j's columns too.
 On VAE-skip steps R is absent everywhere; the text-stream offsets and the LoRA stay.
 
 Axis letters: b batch, L text tokens, N image tokens, S reference tokens (r references x T each),
@@ -59,6 +61,8 @@ class XVerseState:
     block; bound: (m,) prompt token indices with an offset; text_cond: (L, r) prompt tokens bound to
     each reference; ref_latents: (S, C) packed reference latents (before x_embedder); ref_rope: RoPE of
     the reference position ids (1, S, c/2); lam: (r,) the lambda of each reference (weight_id / weight_ip).
+    confine: (N, r) bool or None: image token n may attend to reference j's tokens in the single blocks
+    only where True (its box); None = everywhere, as XVerse.
     """
 
     delta_shared: Tensor
@@ -69,6 +73,7 @@ class XVerseState:
     ref_rope: Rope | None
     lam: Tensor
     tokens_per_ref: int
+    confine: Tensor | None = None
 
     @property
     def num_refs(self) -> int:
@@ -234,14 +239,21 @@ class XVerseSingle(Pathway):
 
     def bias(self, txt_len: int, rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """(1, 1, L+N, S): log lambda_j over reference j for image rows and bound prompt rows, -inf for
-        the other prompt rows."""
+        the other prompt rows (and, with `confine`, for the image rows outside reference j's box)."""
         st = self.state
         t = st.tokens_per_ref
         per_ref = lambda_bias(st.lam, dtype).to(device)                                  # (r,)
         cols = per_ref.repeat_interleave(t)                                              # (S,)
         bias = cols[None].expand(rows, -1).clone()                                       # (L+N, S)
+        blocked = torch.full_like(cols[None], -math.inf)                                 # (1, S)
         bound = st.text_cond.to(device).repeat_interleave(t, dim=1)                      # (L, S)
-        bias[:txt_len] = torch.where(bound, cols[None], torch.full_like(cols[None], -math.inf))
+        bias[:txt_len] = torch.where(bound, cols[None], blocked)
+        if st.confine is not None:
+            if st.confine.shape != (rows - txt_len, st.num_refs):
+                raise ValueError(f"XVerse confine mask has shape {tuple(st.confine.shape)}, the block has "
+                                 f"{rows - txt_len} image tokens and {st.num_refs} references")
+            inside = st.confine.to(device).repeat_interleave(t, dim=1)                   # (N, S)
+            bias[txt_len:] = torch.where(inside, bias[txt_len:], blocked)
         return bias[None, None]
 
 

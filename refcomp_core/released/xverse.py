@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_path
 from ..checkpoint import read_header
 from ..errors import CheckpointError
 from ..xverse.adapter import XVerseAdapter
@@ -215,16 +216,11 @@ def _check_against_modules(tensors: dict[str, torch.Tensor], config: XVerseConfi
 
 
 def _write_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """A killed or failing conversion leaves the old file or none, never half of one."""
     from safetensors.torch import save_file
 
-    tmp = f"{os.fspath(path)}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)             # safetensors writes 0600; model folders are often shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_xverse_info(path: str | os.PathLike) -> XVerseInfo:

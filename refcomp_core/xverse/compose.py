@@ -3,7 +3,7 @@ computed once per sampling run: the adapter runs once per reference (it ignores 
 are bound to the prompt tokens, and the references' latents and positions are packed.
 
 Axis letters: N references, L prompt tokens (128), K offset blocks, T tokens per reference, C latent
-channels, D width.
+channels, D width, M image tokens.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from ..geometry import TokenGrid, box_token_indices
 from ..pathways.xverse import XVerseScales, XVerseState, xverse_loras
 from ..rope import rope_from_ids
 from ..session import XVerseRun
@@ -35,42 +36,68 @@ class XVerseReference:
     is_id: bool = False
 
 
-def adapter_loras(adapter: XVerseAdapter) -> dict:
-    """The converted LoRA as RefComp LoRA sets per block ("<double>", "s<single>", "x")."""
+def adapter_loras(adapter: XVerseAdapter, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> dict:
+    """The converted LoRA as RefComp LoRA sets per block ("<double>", "s<single>", "x"), on `device` in
+    `dtype` (default: the adapter's)."""
     modules = {}
     for site in adapter.config.lora:
         pair = adapter.lora_pair(site)
         modules[site] = (pair.down.detach(), pair.up.detach(), pair.alpha_over_rank)
-    return xverse_loras(modules)
+    first = next(adapter.lora.parameters(), None)
+    device = device if device is not None else (first.device if first is not None else "cpu")
+    dtype = dtype if dtype is not None else (first.dtype if first is not None else torch.float32)
+    return {key: lora.to(device=device, dtype=dtype) for key, lora in xverse_loras(modules).items()}
+
+
+def confine_mask(boxes: Sequence[tuple[float, float, float, float]], grid: TokenGrid) -> torch.Tensor:
+    """RefComp's experimental confinement: (M, N) bool, True where image token m lies in reference n's box
+    (normalized [x0, y0, x1, y1]; the token centres inside it, as every RefComp box mask)."""
+    mask = torch.zeros(grid.n, len(boxes), dtype=torch.bool)
+    for n, box in enumerate(boxes):
+        mask[box_token_indices(tuple(box), grid), n] = True
+    return mask
 
 
 def build_run(adapter: XVerseAdapter, references: Sequence[XVerseReference], binding: SpanBinding,
               preset: XVersePreset, *, axes_dim: Sequence[int], theta: float, num_double_blocks: int,
-              loras: dict | None = None) -> XVerseRun:
-    """The XVerseRun of these references bound to a prompt. `loras` may be passed to reuse the sets
-    across runs (they do not depend on the references)."""
+              loras: dict | None = None, confine: torch.Tensor | None = None,
+              device: torch.device | str | None = None) -> XVerseRun:
+    """The XVerseRun of these references bound to a prompt, its tensors on `device` (default: where the
+    adapter's resamplers are; they run there). `loras` may be passed to reuse the sets across runs (they
+    do not depend on the references). confine: (M, N) bool (`confine_mask`) or None."""
     n = len(references)
     if n != binding.text_cond_mask.shape[1]:
         raise ValueError(f"XVerse: {n} references but the prompt binding has {binding.text_cond_mask.shape[1]}")
-    device, dtype = next(adapter.parameters()).device, next(adapter.parameters()).dtype
+    if confine is not None and (confine.ndim != 2 or confine.shape[1] != n):
+        raise ValueError(f"XVerse: the confine mask must be (image tokens, {n}), got {tuple(confine.shape)}")
+    bad = [i for i, r in enumerate(references) if r.latents.ndim != 2 or r.latents.shape[0] != preset.reference_tokens]
+    if bad:
+        raise ValueError(f"XVerse: reference {bad[0]} has latents {tuple(references[bad[0]].latents.shape)}, the "
+                         f"preset's cond_size {preset.cond_size} needs ({preset.reference_tokens}, C) packed tokens")
+    first = next(adapter.net.parameters())
+    device = torch.device(device) if device is not None else first.device
     with torch.no_grad():
         shared, per_block = [], []
         for ref in references:
-            s, p = offsets(adapter, ref.txt.to(device, dtype), ref.img.to(device, dtype))
+            s, p = offsets(adapter, ref.txt.to(first.device, first.dtype), ref.img.to(first.device, first.dtype))
             shared.append(s[0])
             per_block.append(p[0])
         delta, delta_block = binding.gather(torch.stack(shared).float(), torch.stack(per_block).float())
     if delta_block.shape[1] < num_double_blocks:
         raise ValueError(f"XVerse: the adapter has offsets for {delta_block.shape[1]} blocks, the model has "
                          f"{num_double_blocks} double blocks")
-    latents = torch.cat([r.latents for r in references]).float() if n else None
+    latents = torch.cat([r.latents for r in references]).float().to(device) if n else None
     ids = torch.cat([reference_position_ids(i, preset.cond_size) for i in range(n)]) if n else torch.zeros(0, 3)
-    state = XVerseState(delta_shared=delta, delta_block=delta_block[:, :num_double_blocks].transpose(0, 1).contiguous(),
-                        bound=torch.nonzero(binding.delta_mask).flatten(), text_cond=binding.text_cond_mask,
-                        ref_latents=latents, ref_rope=rope_from_ids(ids, tuple(axes_dim), theta) if n else None,
-                        lam=torch.tensor([preset.reference_lambda(r.is_id) for r in references], dtype=torch.float32),
-                        tokens_per_ref=preset.reference_tokens)
+    lam = torch.tensor([preset.reference_lambda(r.is_id) for r in references], dtype=torch.float32)
+    state = XVerseState(delta_shared=delta.to(device),
+                        delta_block=delta_block[:, :num_double_blocks].transpose(0, 1).contiguous().to(device),
+                        bound=torch.nonzero(binding.delta_mask).flatten().to(device),
+                        text_cond=binding.text_cond_mask.to(device), ref_latents=latents,
+                        ref_rope=rope_from_ids(ids.to(device), tuple(axes_dim), theta) if n else None,
+                        lam=lam.to(device), tokens_per_ref=preset.reference_tokens,
+                        confine=confine.to(device) if confine is not None else None)
     scales = XVerseScales(global_scale=preset.lora_scale, latent_sblock=preset.latent_sblora_scale,
                           ref_sblock=preset.condition_sblora_scale)
-    return XVerseRun(state=state, loras=loras if loras is not None else adapter_loras(adapter), scales=scales,
+    return XVerseRun(state=state, loras=loras if loras is not None else adapter_loras(adapter, device), scales=scales,
                      vae_skip=preset.vae_skip)

@@ -70,7 +70,7 @@ def _run(model, lora, xv, scales: XVerseScales, rows=None, t0=1.4, **session_kw)
                         bound=torch.nonzero(xv["mask"]).flatten(), text_cond=xv["text_cond"],
                         ref_latents=xv.get("ref_latents"),
                         ref_rope=rope_from_ids(xv["ref_ids"], (4, 6, 6), 10000.0),
-                        lam=xv["lam"], tokens_per_ref=PER)
+                        lam=xv["lam"], tokens_per_ref=PER, confine=xv.get("confine"))
     run = XVerseRun(state=state, loras=xverse_loras({m: (a, b, 1.0) for m, (a, b) in lora.items()}), scales=scales)
     session = RefCompSession(session_kw.pop("adapter", None), session_kw.pop("states", None),
                              session_kw.pop("controls", Controls()), xverse=run, xverse_rows=rows, t0=t0, **session_kw)
@@ -144,3 +144,23 @@ def test_no_references_leave_only_the_lora_altered_base_path(setup, one_thread) 
         vanilla = model(**inputs)[0]
     assert float((state_free - want).abs().max()) <= 1e-5
     assert float((state_free - vanilla).abs().max()) > 1e-3                   # the LoRA alone changes FLUX
+
+
+def test_confine_matches_oracle(setup, one_thread) -> None:
+    """RefComp's experimental option: image tokens outside reference j's box never see its tokens in the
+    single blocks (the naive oracle's mask, row by row); every other part stays XVerse's."""
+    model, lora, peft, xv, inputs = setup
+    _INPUTS[0] = inputs
+    confine = torch.zeros(H * W, REFS, dtype=torch.bool)
+    confine[: W * 2, 0] = True                                       # reference 0: the top two rows
+    confine[torch.arange(H * W) % W >= 3, 1] = True                  # reference 1: the right half
+    confined = dict(xv, confine=confine)
+    got = _run(model, lora, confined, XVerseScales())
+    ref_model = xverse_oracle.load_peft(copy.deepcopy(model), peft)
+    with torch.no_grad():
+        want = xverse_oracle.forward(ref_model, inputs, confined)
+        free = xverse_oracle.forward(ref_model, inputs, xv)
+    assert float((want - free).abs().max()) > 1e-3                   # the mask acts
+    assert float((got - want).abs().max()) <= 1e-5, float((got - want).abs().max())
+    with pytest.raises(ValueError, match="confine mask has shape"):
+        _run(model, lora, dict(xv, confine=confine[:-1]), XVerseScales())

@@ -49,7 +49,8 @@ def heads(x, h):
 def forward(model, inp: dict, xv: dict, *, g: float = 1.0, lat_sb: float = 0.85, ref_sb: float = 1.3,
             refs: bool = True, plain_union: bool = False, after_double=None, after_single=None) -> torch.Tensor:
     """xv: delta_shared (L, D), delta_block (nd, L, D), mask (L,) bool, text_cond (L, r) bool,
-    ref_latents (S, C), ref_ids (S, 3), lam (r,) float. plain_union: single blocks attend over
+    ref_latents (S, C), ref_ids (S, 3), lam (r,) float, optional confine (N, r) bool (image token n may
+    see reference r only where True). plain_union: single blocks attend over
     [txt ; img ; R] with no bias at all. after_double(i, block, hs, temb) / after_single(i, block, hs, temb)
     -> hs: another method's branch inserted after a block (for the composition test)."""
     h = model.config.num_attention_heads
@@ -133,6 +134,10 @@ def forward(model, inp: dict, xv: dict, *, g: float = 1.0, lat_sb: float = 0.85,
                 for i in range(L):
                     bias[i, cols] = logl if bool(xv["text_cond"][i, j]) else -math.inf
                 bias[L:L + N, cols] = logl
+                if xv.get("confine") is not None:                                   # RefComp's option
+                    for n in range(N):
+                        if not bool(xv["confine"][n, j]):
+                            bias[L + n, cols] = -math.inf
             o = F.scaled_dot_product_attention(fq, fk, fv, attn_mask=None if plain_union else bias)
             o = o.transpose(1, 2).flatten(2)
             o_x, o_r = o[:, :L + N], o[:, L + N:]
