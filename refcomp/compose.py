@@ -268,7 +268,7 @@ def _fill_entities(prompt: str, captions: Sequence[str]) -> str:
     try:
         filled = fill_entities(prompt, captions)
     except ValueError as err:
-        raise UsageError(f"--prompt: {err}") from None
+        raise UsageError(f"--prompt: {str(err).removeprefix('prompt: ')}") from None
     if filled != prompt:
         log.info("prompt with the identity captions filled in: %r", filled)
     return filled

@@ -91,7 +91,7 @@ def fill_entities(prompt: str, captions: Sequence[str]) -> str:
         i = int(match.group(1))
         if not 1 <= i <= len(captions):
             raise ValueError(f"prompt: {match.group(0)} names reference {i}, but there are {len(captions)} "
-                             "references; use ENT1 .. ENT{n} or write the captions into the prompt")
+                             f"references; use ENT1 .. ENT{len(captions)} or write the captions into the prompt")
         return captions[i - 1]
     return re.sub(r"ENT(\d+)", swap, prompt)
 
