@@ -15,8 +15,9 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
-from refcomp_core.values import one_line
+from refcomp_core.values import one_line, show
 
 log = logging.getLogger("refcomp")
 
@@ -64,31 +65,39 @@ def check_out(path: str, example: str = "instanceassemble.safetensors") -> Path:
     return out
 
 
-def transformer_config(args: argparse.Namespace) -> dict | None:
-    """The --transformer-config JSON object, or None when not given."""
-    from refcomp_core.errors import UsageError
+def transformer_config(args: argparse.Namespace) -> tuple[Any, int]:
+    """The (TargetSpec, packed input channels) of --transformer-config, or FLUX.1's when not given.
+    UsageError naming the flag for a file that is not a diffusers FluxTransformer2DModel config.json."""
+    from refcomp_core.errors import CheckpointError, UsageError
+    from refcomp_core.limits import MAX_FILE_DIM
+    from refcomp_core.released.instanceassemble import FLUX1, TargetSpec
+    from refcomp_core.released.xverse import FLUX1_IN_CHANNELS
 
     if not args.transformer_config:
-        return None
+        return FLUX1, FLUX1_IN_CHANNELS
     path = Path(args.transformer_config)
     try:
         config = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError) as err:
         raise UsageError(f"--transformer-config {path}: not a readable config.json ({one_line(err)})") from None
-    if not isinstance(config, dict):
-        raise UsageError(f"--transformer-config {path}: expected a diffusers FluxTransformer2DModel config (a JSON "
-                         f"object), found {type(config).__name__}")
-    return config
+    try:
+        spec = TargetSpec.from_diffusers_config(config)
+    except CheckpointError as err:
+        raise UsageError(f"--transformer-config {path}: {err}") from None
+    channels = config.get("in_channels")
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 0 < channels <= MAX_FILE_DIM:
+        raise UsageError(f"--transformer-config {path}: in_channels must be an integer in [1, {MAX_FILE_DIM}], got "
+                         f"{show(channels)}; not a diffusers FluxTransformer2DModel config")
+    return spec, channels
 
 
 def run(args: argparse.Namespace) -> int:
     if args.method == "xverse":
         return run_xverse(args)
-    from refcomp_core.released.instanceassemble import FLUX1, TargetSpec, convert
+    from refcomp_core.released.instanceassemble import convert
 
     out = check_out(args.out)
-    config = transformer_config(args)
-    spec = FLUX1 if config is None else TargetSpec.from_diffusers_config(config)
+    spec, _ = transformer_config(args)
     adapter = convert(layout=args.layout, lora=args.lora, out=out, spec=spec)
     cfg = adapter.config.instanceassemble
     ranks = sorted({r for r, _ in cfg.lora.values()})
@@ -99,19 +108,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_xverse(args: argparse.Namespace) -> int:
-    from refcomp_core.errors import CheckpointError
-    from refcomp_core.released.instanceassemble import FLUX1, TargetSpec
-    from refcomp_core.released.xverse import FLUX1_IN_CHANNELS, convert
+    from refcomp_core.released.xverse import convert
 
     out = check_out(args.out, "xverse_flux1.safetensors")
-    config = transformer_config(args)
-    spec, in_channels = FLUX1, FLUX1_IN_CHANNELS
-    if config is not None:
-        spec = TargetSpec.from_diffusers_config(config)
-        in_channels = config.get("in_channels")
-        if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels <= 0:
-            raise CheckpointError(f"--transformer-config {args.transformer_config}: in_channels is {in_channels!r}; "
-                                  "not a diffusers FluxTransformer2DModel config")
+    spec, in_channels = transformer_config(args)
     info = convert(adapter_dir=args.adapter, lora=args.lora, out=out, spec=spec, in_channels=in_channels)
     cfg = info.config
     ranks = sorted({r for r, _ in cfg.lora.values()})

@@ -157,8 +157,8 @@ def check_identity_boxes(layout: Layout, chosen: Sequence[int], id_refs: Sequenc
     """Refuse what XVerse cannot bind, before any encoder runs: too many identity references, a box without
     a caption; warn about --id-refs that no identity box uses."""
     if len(chosen) > MAX_IDENTITY_REFS:
-        raise LayoutError(f"layout: {len(chosen)} boxes go through XVerse's identity pathway (instances {list(chosen)}: "
-                          f"a reference and alpha >= 0.5), more than {MAX_IDENTITY_REFS}; each costs "
+        raise LayoutError(f"layout: {len(chosen)} boxes go through XVerse's identity pathway (instances "
+                          f"{list(chosen)}: a reference and alpha >= 0.5), more than {MAX_IDENTITY_REFS}; each costs "
                           f"{PRESETS['cli'].reference_tokens} tokens in every block. Give the others depth 'bg' or "
                           "alpha 0 (layout only), or drop their reference")
     for i in chosen:

@@ -27,7 +27,10 @@ from ..adapter import RefCompAdapter
 from ..checkpoint import save_adapter
 from ..config import IA_DOUBLE_SITES, IA_SINGLE_SITES, IAConfig, RefCompConfig
 from ..errors import CheckpointError
+from ..limits import MAX_FILE_BLOCKS, MAX_FILE_DIM
+from ..values import one_line, show
 from .lora_keys import DOUBLE_MODULES, SINGLE_MODULES, check_metadata, multipliers, parse_lora, site_of
+from .tables import tensor_problem
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +50,25 @@ class TargetSpec:
 
     @classmethod
     def from_diffusers_config(cls, config: dict[str, Any]) -> "TargetSpec":
-        """From a diffusers FluxTransformer2DModel `config.json` (tests use tiny ones)."""
-        try:
-            d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-            return cls(hidden_size=d, num_double_blocks=int(config["num_layers"]),
-                       num_single_blocks=int(config["num_single_layers"]),
-                       num_heads=int(config["num_attention_heads"]),
-                       text_dim=int(config["pooled_projection_dim"]), mlp_hidden=4 * d)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"transformer config: not a diffusers FluxTransformer2DModel config ({err!r})") \
-                from None
+        """From a diffusers FluxTransformer2DModel `config.json` (tests use tiny ones). Every size must be a
+        positive integer within the limits a file may declare (refcomp_core.limits)."""
+        if not isinstance(config, dict):
+            raise CheckpointError(f"transformer config: expected a JSON object, found {type(config).__name__}")
+        limits = {"num_attention_heads": MAX_FILE_DIM, "attention_head_dim": MAX_FILE_DIM,
+                  "pooled_projection_dim": MAX_FILE_DIM, "num_layers": MAX_FILE_BLOCKS,
+                  "num_single_layers": MAX_FILE_BLOCKS}
+        for key, limit in limits.items():
+            value = config.get(key)
+            low = 0 if key == "num_single_layers" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= limit:
+                raise CheckpointError(f"transformer config: {key} must be an integer in [{low}, {limit}], got "
+                                      f"{show(value)}; not a diffusers FluxTransformer2DModel config")
+        d = config["num_attention_heads"] * config["attention_head_dim"]
+        if d > MAX_FILE_DIM:
+            raise CheckpointError(f"transformer config: hidden size num_attention_heads x attention_head_dim = {d} is "
+                                  f"over {MAX_FILE_DIM}")
+        return cls(hidden_size=d, num_double_blocks=config["num_layers"], num_single_blocks=config["num_single_layers"],
+                   num_heads=config["num_attention_heads"], text_dim=config["pooled_projection_dim"], mlp_hidden=4 * d)
 
 
 FLUX1 = TargetSpec(hidden_size=3072, num_double_blocks=19, num_single_blocks=38, num_heads=24, text_dim=768,
@@ -131,11 +143,9 @@ def read_layout_weights(path: str | os.PathLike, spec: TargetSpec) -> dict[str, 
     if unexpected:
         problems.append(f"unexpected keys {unexpected}")
     for key in sorted(set(table) & set(tensors)):
-        t = tensors[key]
-        if not t.is_floating_point():
-            problems.append(f"{key} has dtype {t.dtype}, expected a floating-point tensor")
-        elif tuple(t.shape) != table[key]:
-            problems.append(f"{key} has shape {tuple(t.shape)}, expected {table[key]}")
+        problem = tensor_problem(key, tensors[key], table[key])
+        if problem:
+            problems.append(problem)
     if problems:
         shown = "; ".join(problems[:6]) + (f"; (+{len(problems) - 6} more problems)" if len(problems) > 6 else "")
         raise CheckpointError(f"--layout {path}: not InstanceAssemble's FLUX.1 layout.pth for a model of hidden size "
@@ -157,7 +167,7 @@ def _load_tensors(path: str, flag: str) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except Exception as err:           # safetensors raises its own SafetensorError for damaged files
-            raise CheckpointError(f"{flag} {path}: a damaged safetensors file ({err})") from None
+            raise CheckpointError(f"{flag} {path}: a damaged safetensors file ({one_line(err)})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:               # UnpicklingError, EOFError, RuntimeError (zip), ...
@@ -166,7 +176,7 @@ def _load_tensors(path: str, flag: str) -> dict[str, torch.Tensor]:
                               "more than tensors. Download the released file again") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         bad = type(obj).__name__ if not isinstance(obj, dict) else \
-            next(f"{k!r}: {type(v).__name__}" for k, v in obj.items() if not isinstance(v, torch.Tensor)
+            next(f"{show(k)}: {type(v).__name__}" for k, v in obj.items() if not isinstance(v, torch.Tensor)
                  or not isinstance(k, str))
         raise CheckpointError(f"{flag} {path}: expected a dict of tensors (InstanceAssemble's layout.pth is an "
                               f"OrderedDict of bf16 tensors), found {bad}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from typing import Iterable
 import torch
 
 from ..errors import CheckpointError
+from ..values import one_line
+from .tables import key_name, listing
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +145,13 @@ def parse_lora(tensors: dict[str, torch.Tensor], *, num_double: int, num_single:
             halves.setdefault(module, {})["down" if m.group("part") in ("lora_A", "lora_down") else "up"] = value
         else:
             if value.numel() != 1:
-                raise CheckpointError(f"{source}: {key} should hold one alpha value, has shape {tuple(value.shape)}")
-            alphas[module] = float(value.float().item())
+                raise CheckpointError(f"{source}: {key_name(key)} should hold one alpha value, has shape "
+                                      f"{tuple(value.shape)}")
+            alpha = None if value.dtype == torch.bool or value.is_complex() else float(value.float().item())
+            if alpha is None or not math.isfinite(alpha):
+                raise CheckpointError(f"{source}: {key_name(key)} holds the alpha {alpha}; an alpha is a finite "
+                                      "number")
+            alphas[module] = alpha
     if unknown:
         raise CheckpointError(f"{source}: {len(unknown)} key(s) are not LoRA tensors of FLUX.1 transformer modules: "
                               f"{_sample(unknown)}; give the LoRA file the method released")
@@ -153,12 +161,15 @@ def parse_lora(tensors: dict[str, torch.Tensor], *, num_double: int, num_single:
             missing = "lora_B / lora_up" if "up" not in parts else "lora_A / lora_down"
             raise CheckpointError(f"{source}: module {module} has no {missing} tensor; the file is incomplete")
         down, up = parts["down"], parts["up"]
-        if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
+        if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1] or down.shape[0] == 0:
             raise CheckpointError(f"{source}: module {module}: lora_A {tuple(down.shape)} and lora_B "
                                   f"{tuple(up.shape)} do not form a LoRA (A is (rank, in), B is (out, rank))")
         if not (down.is_floating_point() and up.is_floating_point()):
             raise CheckpointError(f"{source}: module {module} has {down.dtype}/{up.dtype} LoRA tensors; expected "
                                   "floating point")
+        if not (bool(torch.isfinite(down).all()) and bool(torch.isfinite(up).all())):
+            raise CheckpointError(f"{source}: module {module} holds NaN or infinite LoRA values; the file is damaged, "
+                                  "download it again")
         targets = underscored[module[6:]] if module.startswith("kohya:") else [module]
         rows = [out_rows.get(t) for t in targets]
         if len(targets) > 1:
@@ -222,7 +233,7 @@ def read_lora_file(path: str | os.PathLike, method: str) -> tuple[dict[str, torc
         with safe_open(path, "pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     except Exception as err:           # safetensors raises its own SafetensorError for damaged files
-        raise CheckpointError(f"--lora {path}: a damaged safetensors file ({err})") from None
+        raise CheckpointError(f"--lora {path}: a damaged safetensors file ({one_line(err)})") from None
 
 
 def check_metadata(metadata: dict[str, str] | None, modules: dict[str, LoRAModule], source: str) -> None:
@@ -234,7 +245,9 @@ def check_metadata(metadata: dict[str, str] | None, modules: dict[str, LoRAModul
     try:
         meta = json.loads(raw)
         alpha, rank = float(meta.get("lora_alpha")), float(meta.get("r"))
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):
+        meta = alpha = rank = None
+    if alpha is None or not (math.isfinite(alpha) and math.isfinite(rank) and rank > 0):
         log.warning("%s: lora_adapter_metadata is not readable; ignored (diffusers 0.33.1 semantics)", source)
         return
     ours = {round(lora.alpha / lora.rank if lora.alpha is not None else 1.0, 6) for lora in modules.values()}
@@ -245,6 +258,4 @@ def check_metadata(metadata: dict[str, str] | None, modules: dict[str, LoRAModul
 
 
 def _sample(items: Iterable[str], count: int = 6) -> str:
-    items = list(items)
-    shown = ", ".join(items[:count])
-    return shown + (f" (+{len(items) - count} more)" if len(items) > count else "")
+    return listing(items, count)

@@ -31,11 +31,12 @@ import torch
 from ..atomic import atomic_path
 from ..checkpoint import read_header
 from ..errors import CheckpointError
+from ..values import one_line, show
 from ..xverse.adapter import XVerseAdapter
 from ..xverse.config import XVerseConfig
 from .instanceassemble import FLUX1, TargetSpec, _load_tensors, sha256
 from .lora_keys import check_dims, check_metadata, multipliers, parse_lora, read_lora_file
-from .tables import listing, summary, table_problems
+from .tables import key_name, listing, summary, table_problems
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,9 @@ def read_adapter_config(folder: Path, spec: TargetSpec = FLUX1,
     """config.json -> XVerseConfig (no LoRA sites yet) for the transformer `spec`."""
     path = folder / "config.json"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"--adapter {path}: not a readable config.json ({err})") from None
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"--adapter {path}: not a readable config.json ({one_line(err)})") from None
     config = XVerseConfig.from_released(raw, source=f"--adapter {path}", num_double_blocks=spec.num_double_blocks,
                                         num_single_blocks=spec.num_single_blocks, in_channels=in_channels,
                                         mlp_hidden=spec.mlp_hidden)
@@ -128,7 +129,7 @@ def _read_bin(path: Path) -> dict[str, torch.Tensor]:
                               "released file again") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"--adapter {path}: expected a state dict of tensors, found {type(obj).__name__}")
-    bad = [f"{k!r}: {type(v).__name__}" for k, v in obj.items() if not isinstance(k, str)
+    bad = [f"{show(k)}: {type(v).__name__}" for k, v in obj.items() if not isinstance(k, str)
            or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"--adapter {path}: expected a state dict of tensors, found {listing(bad)}")
@@ -140,12 +141,13 @@ def _read_shards(index: Path) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"--adapter {index}: not a safetensors index with a weight_map ({err!r})") from None
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"--adapter {index}: not a safetensors index with a weight_map ({one_line(err)})") \
+            from None
     tensors: dict[str, torch.Tensor] = {}
     for shard in shards:
         if not isinstance(shard, str) or Path(shard).name != shard or not (index.parent / shard).is_file():
-            raise CheckpointError(f"--adapter {index}: shard {shard!r} is not a file beside the index")
+            raise CheckpointError(f"--adapter {index}: shard {key_name(shard)} is not a file beside the index")
         part = _load_tensors(os.fspath(index.parent / shard), "--adapter")
         wrong = sorted(k for k in part if weight_map.get(k) != shard)
         if wrong:
@@ -235,16 +237,37 @@ def read_xverse_info(path: str | os.PathLike) -> XVerseInfo:
         raise CheckpointError(f"{path}: not a converted XVerse file (RefComp reads safetensors only, never pickle "
                               f"such as .bin/.pt/.pth). Convert XVerse's release once with `{CONVERT}`") from None
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        meta = {}
     if meta.get("format") == "refcomp" and meta.get("kind") == KIND and "xverse_config" in meta:
-        return XVerseInfo(config=XVerseConfig.from_json(meta["xverse_config"]),
-                          source=json.loads(meta.get("source", "null")),
-                          base_model=json.loads(meta.get("base_model", "null")))
+        config, source, base = (meta.get(k) for k in ("xverse_config", "source", "base_model"))
+        try:
+            if not isinstance(config, str):
+                raise CheckpointError("xverse_config metadata is not a JSON string")
+            info = XVerseInfo(config=XVerseConfig.from_json(config), source=_json_field(source, dict),
+                              base_model=_json_field(base, str))
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}; the file is damaged, convert XVerse's release again") from None
+        return info
     if meta.get("format") == "refcomp":
-        raise CheckpointError(f"{path}: a RefComp checkpoint of kind {meta.get('kind', 'adapter')!r}, not converted "
-                              "XVerse weights; load it with Load RefComp Model (load_adapter), or convert XVerse's "
-                              f"release with `{CONVERT}`")
+        raise CheckpointError(f"{path}: a RefComp checkpoint of kind {show(meta.get('kind', 'adapter'))}, not "
+                              "converted XVerse weights; load it with Load RefComp Model (load_adapter), or convert "
+                              f"XVerse's release with `{CONVERT}`")
     raise CheckpointError(f"{path}: a safetensors file without RefComp's XVerse metadata (XVerse's released "
                           f"modulation adapter or LoRA is converted first). Run `{CONVERT}`")
+
+
+def _json_field(text: object, kind: type) -> Any:
+    """A metadata field holding JSON of type `kind` or null (None when absent)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text) if isinstance(text, str) else ValueError
+    except (ValueError, RecursionError):
+        value = ValueError
+    if value is not None and not isinstance(value, kind):
+        raise CheckpointError(f"metadata field holding {key_name(text)} is not JSON {kind.__name__} or null")
+    return value
 
 
 def load_xverse(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -258,7 +281,8 @@ def load_xverse(path: str | os.PathLike, device: str | torch.device = "cpu",
     try:
         tensors = load_file(path)
     except Exception as err:               # safetensors raises its own SafetensorError for damaged files
-        raise CheckpointError(f"{path}: a damaged or truncated safetensors file ({err}); convert again") from None
+        raise CheckpointError(f"{path}: a damaged or truncated safetensors file ({one_line(err)}); convert again") \
+            from None
     foreign = sorted(k for k in tensors if not k.startswith(PREFIX))
     if foreign:
         raise CheckpointError(f"{path}: tensors outside the xverse namespace: {listing(foreign)}; the file is damaged")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CheckpointError
+from ..limits import MAX_FILE_BLOCKS, MAX_FILE_DIM
+from ..values import finite_float, show
 
 # The constructor arguments of the released adapter = the keys of its config.json.
 RELEASED_KEYS: tuple[str, ...] = ("out_dim", "width", "pblock_width", "layers", "pblock_layers", "heads",
@@ -62,16 +64,17 @@ class XVerseConfig:
     lora: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("out_dim", "width", "pblock_width", "layers", "pblock_layers", "heads", "input_text_dim",
-                     "input_image_dim", "num_double_blocks", "num_single_blocks", "in_channels",
+        for name in ("out_dim", "width", "pblock_width", "heads", "input_text_dim", "input_image_dim", "in_channels",
                      "time_embedding_dim"):
-            _positive(name, getattr(self, name))
-        if not _is_int(self.pblock_single_blocks) or self.pblock_single_blocks < 0:
-            raise ValueError("XVerseConfig.pblock_single_blocks must be an int >= 0, got "
-                             f"{self.pblock_single_blocks!r}")
+            _positive(name, getattr(self, name), MAX_FILE_DIM)
+        for name in ("layers", "pblock_layers", "num_double_blocks", "num_single_blocks"):
+            _positive(name, getattr(self, name), MAX_FILE_BLOCKS)
+        if not _is_int(self.pblock_single_blocks) or not 0 <= self.pblock_single_blocks <= MAX_FILE_BLOCKS:
+            raise ValueError(f"XVerseConfig.pblock_single_blocks must be an int in [0, {MAX_FILE_BLOCKS}], got "
+                             f"{show(self.pblock_single_blocks)}")
         if self.mlp_hidden is None:
             object.__setattr__(self, "mlp_hidden", 4 * self.out_dim)
-        _positive("mlp_hidden", self.mlp_hidden)
+        _positive("mlp_hidden", self.mlp_hidden, 4 * MAX_FILE_DIM)
         for name in ("width", "pblock_width"):
             if getattr(self, name) % self.heads:
                 raise ValueError(f"XVerseConfig.{name} ({getattr(self, name)}) must be divisible by heads "
@@ -83,15 +86,20 @@ class XVerseConfig:
         lora = {}
         for site, value in dict(self.lora).items():
             if site not in allowed:
-                raise ValueError(f"XVerseConfig.lora: {site!r} is not a site of XVerse's LoRA on a FLUX model with "
+                raise ValueError(f"XVerseConfig.lora: {show(site)} is not a site of XVerse's LoRA on a FLUX model with "
                                  f"{self.num_double_blocks} double and {self.num_single_blocks} single blocks; sites "
                                  f"are diffusers module paths such as 'transformer_blocks.0.attn.to_q'")
             try:
                 rank, scale = value
             except (TypeError, ValueError):
-                raise ValueError(f"XVerseConfig.lora[{site!r}] must be (rank, alpha / rank), got {value!r}") from None
-            if not _is_int(rank) or rank <= 0:
-                raise ValueError(f"XVerseConfig.lora[{site!r}]: rank must be a positive int, got {rank!r}")
+                raise ValueError(f"XVerseConfig.lora[{show(site)}] must be (rank, alpha / rank), got {show(value)}") \
+                    from None
+            if not _is_int(rank) or not 0 < rank <= MAX_FILE_DIM:
+                raise ValueError(f"XVerseConfig.lora[{show(site)}]: rank must be an int in [1, {MAX_FILE_DIM}], got "
+                                 f"{show(rank)}")
+            if finite_float(scale) is None:
+                raise ValueError(f"XVerseConfig.lora[{show(site)}]: alpha / rank must be a finite number, got "
+                                 f"{show(scale)}")
             lora[str(site)] = (int(rank), float(scale))
         object.__setattr__(self, "lora", lora)
 
@@ -132,15 +140,16 @@ class XVerseConfig:
                                   f"{type(config).__name__}")
         name = config.get("_class_name", "CLIPModAdapter")
         if name != "CLIPModAdapter":
-            raise CheckpointError(f"{source}: _class_name is {name!r}; XVerse's modulation adapter is a "
+            raise CheckpointError(f"{source}: _class_name is {show(name)}; XVerse's modulation adapter is a "
                                   "'CLIPModAdapter'. Give the modulation_adapter/ folder of XVerse's release")
         missing = [k for k in RELEASED_KEYS if k not in config]
         unknown = sorted(k for k in config if k not in RELEASED_KEYS and not k.startswith("_"))
         if missing or unknown:
-            parts = ([f"missing keys {missing}"] if missing else []) + ([f"unknown keys {unknown}"] if unknown else [])
+            parts = ([f"missing keys {missing}"] if missing else []) + ([f"unknown keys {show(unknown)}"] if unknown
+                                                                        else [])
             raise CheckpointError(f"{source}: not XVerse's modulation_adapter config.json: {'; '.join(parts)} "
                                   f"(expected exactly {list(RELEASED_KEYS)})")
-        bad = [f"{k}={config[k]!r}" for k in RELEASED_KEYS if not _is_int(config[k])]
+        bad = [f"{k}={show(config[k])}" for k in RELEASED_KEYS if not _is_int(config[k])]
         if bad:
             raise CheckpointError(f"{source}: {', '.join(bad)}: every adapter size must be an integer")
         try:
@@ -182,6 +191,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive(name: str, value: Any) -> None:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"XVerseConfig.{name} must be a positive int, got {value!r}")
+def _positive(name: str, value: Any, limit: int) -> None:
+    """A size read from a file: a positive int up to `limit` (a hostile file must not build a huge model)."""
+    if not _is_int(value) or not 0 < value <= limit:
+        raise ValueError(f"XVerseConfig.{name} must be an int in [1, {limit}], got {show(value)}")
