@@ -159,8 +159,8 @@ def check_identity_boxes(layout: Layout, chosen: Sequence[int], id_refs: Sequenc
     if len(chosen) > MAX_IDENTITY_REFS:
         raise LayoutError(f"layout: {len(chosen)} boxes go through XVerse's identity pathway (instances "
                           f"{list(chosen)}: a reference and alpha >= 0.5), more than {MAX_IDENTITY_REFS}; each costs "
-                          f"{PRESETS['cli'].reference_tokens} tokens in every block. Give the others depth 'bg' or "
-                          "alpha 0 (layout only), or drop their reference")
+                          f"{PRESETS['cli'].reference_tokens} tokens in every block. Drop the reference of the "
+                          "others (with --adapter, depth 'bg' or alpha 0 also keeps them in the layout only)")
     for i in chosen:
         if not layout.instances[i].caption or not layout.instances[i].caption.strip():
             raise LayoutError(f"layout.instances[{i}].caption: XVerse binds a reference to its caption's word in the "

@@ -153,6 +153,26 @@ ROWS: list[tuple[str, Callable[[Case], list[str]], str, bool]] = [
      r"--dino: .* holds a 'clip_vision_model' model .*not DINOv2", True),
     ("--clip is a DINOv2 folder", lambda c: c.argv(clip=str(c.tiny.dino)), r"--clip: .* holds a 'dinov2' model", True),
     ("--dino without weights", lambda c: c.argv(dino=dino_without_weights(c)), r"--dino: cannot load DINOv2", False),
+    # XVerse (`--xverse FILE` alone or with --adapter)
+    ("no --adapter nor --xverse", lambda c: c.argv(adapter=None),
+     r"one of --adapter, --init-adapter or --xverse is required", True),
+    ("--xverse-preset unknown", lambda c: c.argv(xverse_preset="gradio"),
+     r"argument --xverse-preset: invalid choice: 'gradio'", True),
+    ("--id-refs not indices", lambda c: c.argv(id_refs="a,b"),
+     r"argument --id-refs: 'a,b' is not a comma-separated list of reference indices", True),
+    ("--id-refs out of range", lambda c: c.argv(xverse=str(c.tmp / "x.safetensors"), max_sequence_length=None,
+                                                id_refs="0,7"), r"--id-refs: 7 is not a reference index", True),
+    ("--xverse with --max-sequence-length 16", lambda c: c.argv(xverse=str(c.tmp / "x.safetensors")),
+     r"--max-sequence-length: XVerse encodes the prompt at exactly 128 T5 tokens", True),
+    ("--xverse missing", lambda c: c.argv(xverse=str(c.tmp / "none.safetensors"), max_sequence_length=None),
+     r"--xverse: converted XVerse file not found", True),
+    ("--xverse is a RefComp checkpoint", lambda c: c.argv(xverse=str(c.tiny.adapter_random), max_sequence_length=None),
+     r"--xverse: .*a RefComp checkpoint of kind 'adapter', not converted XVerse weights", True),
+    ("--xverse, 9 identity boxes", lambda c: c.argv(xverse=str(c.tmp / "x.safetensors"), max_sequence_length=None,
+                                                    adapter=None, layout=c.file("nine.json", json.dumps(
+        {"version": 1, "width": 64, "height": 64, "instances": [
+            {"box": [0, 0, 0.5, 0.5], "ref": i % 3, "caption": "a cat"} for i in range(9)]}))),
+     r"layout: 9 boxes go through XVerse's identity pathway .* more than 8", True),
 ]
 
 

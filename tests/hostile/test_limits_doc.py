@@ -10,6 +10,7 @@ import pytest
 from hostile_strategies import png_declaring
 from refcomp.compose import ComposeOptions
 from refcomp.refs import read_reference
+from refcomp.xverse_inputs import MAX_IDENTITY_REFS, check_identity_boxes
 from refcomp_core import RefCompConfig, parse_layout
 from refcomp_core.errors import RefCompError
 from refcomp_core.limits import (MAX_CAPTION_CHARS, MAX_FILE_BLOCKS, MAX_FILE_DIM, MAX_IMAGE_PIXELS, MAX_INSTANCES,
@@ -33,6 +34,7 @@ def test_the_page_states_the_constants_and_is_linked():
     assert f"{MAX_CAPTION_CHARS} characters per box" in DOC
     assert f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels ({MAX_SIDE_PX} x {MAX_SIDE_PX})" in DOC
     assert f"1 to {MAX_STEPS}" in DOC
+    assert f"| {MAX_IDENTITY_REFS} per image, 256 tokens each |" in DOC
     assert f"ranks up to {MAX_FILE_DIM}, up to {MAX_FILE_BLOCKS} double" in DOC
     assert "docs/limits.md" in README
 
@@ -49,6 +51,8 @@ def test_the_page_states_the_constants_and_is_linked():
     lambda: parse_layout('{"width": ' + "9" * 5000 + "}"),
     lambda: ComposeOptions(steps=5000),
     lambda: ComposeOptions(guidance=float("nan")),
+    lambda: check_identity_boxes(parse_layout({**BASE, "instances": [{**BOX, "ref": i % 3} for i in range(9)]}),
+                                 list(range(9)), ()),
     lambda: RefCompConfig.from_json(json.dumps({"hidden_size": 2 ** 20, "num_double_blocks": 1,
                                                 "num_single_blocks": 0, "num_heads": 2}),
                                     source="a.safetensors: refcomp_config"),

@@ -287,3 +287,7 @@ def test_files_that_do_not_fit_name_the_flag(tiny, files, models):
         wrong = dataclasses.replace(info, config=dataclasses.replace(info.config, lora={}, **change))
         with pytest.raises(CheckpointError, match=pattern):
             check_fits(wrong, pipe, clip)
+
+
+def test_the_cli_presets_are_the_cores():
+    assert cli.XVERSE_PRESETS == tuple(PRESETS)
