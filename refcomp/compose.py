@@ -191,19 +191,7 @@ def run_composition(models: ComposeModels, layout: Layout, references: Sequence[
     controls = options.controls()
     length = options.sequence_length(models.xverse is not None)
     id_refs = check_id_refs(options.id_refs, len(references)) if models.xverse is not None else ()
-    state, chosen = None, []
-    predicts = adapter is not None and adapter.config.identity
-    if models.xverse is not None and not predicts:
-        chosen = identity_boxes(layout, None if adapter is None else label_alpha(layout))
-        check_identity_boxes(layout, chosen, id_refs)         # before any encoder runs
-    if len(layout) == 0:
-        log.warning("the layout has no instances; composing is a no-op (vanilla FLUX)")
-    elif adapter is not None:
-        caption_only = models.xverse is not None and not predicts       # XVerse takes the references
-        state = _refcomp_state(models, layout, [] if caption_only else references, caption_only=caption_only)
-        if models.xverse is not None and predicts:
-            chosen = identity_boxes(layout, state.alpha.float().tolist())
-            check_identity_boxes(layout, chosen, id_refs)
+    state, chosen = _state_and_identity(models, layout, references, id_refs)
     prompt = options.prompt or str(layout.extra.get("prompt") or "")
     if prompt and not options.prompt:
         log.info("prompt from the layout file: %r", prompt)
@@ -213,9 +201,6 @@ def run_composition(models: ComposeModels, layout: Layout, references: Sequence[
         xverse_run = build_xverse_run(models.xverse, models.encoders, pipe, layout, chosen, references, prompt=prompt,
                                       seed=options.seed, preset=options.xverse_preset, id_refs=id_refs,
                                       confine=options.xverse_confine)
-    elif models.xverse is not None and len(layout):
-        log.warning("XVerse: no box has a reference%s, so XVerse is off and the image is %s alone",
-                    "" if adapter is None else " with alpha >= 0.5", "FLUX" if adapter is None else "the adapter")
     session = RefCompSession(adapter, state, controls, step=0, num_steps=options.steps, xverse=xverse_run)
     if state is not None and adapter.config.layout_pathway == "instanceassemble" \
             and int(controls.layout_window[1] * options.steps) <= int(controls.layout_window[0] * options.steps):
@@ -238,10 +223,37 @@ def run_composition(models: ComposeModels, layout: Layout, references: Sequence[
         else:
             with patch_flux(pipe.transformer, session):
                 images = pipe(**kwargs, callback_on_step_end=on_step_end).images
-    alpha = state.alpha.float().tolist() if state is not None and predicts else \
-        (label_alpha(layout) if chosen and adapter is not None else [])
-    is_fg = list(state.is_fg) if state is not None and predicts else [i in chosen for i in range(len(layout))]
+    predicted = state is not None and adapter.config.identity
+    alpha = state.alpha.float().tolist() if predicted else (label_alpha(layout) if chosen and adapter else [])
+    is_fg = list(state.is_fg) if predicted else [i in chosen for i in range(len(layout))]
     return Composition(images=list(images), layout=layout, alpha=alpha, is_fg=is_fg if any(is_fg) else [])
+
+
+def _state_and_identity(models: ComposeModels, layout: Layout, references: Sequence[Image.Image],
+                        id_refs: Sequence[int]) -> tuple[Any, list[int]]:
+    """The adapter's CompositionState (None without an adapter or without boxes) and the boxes XVerse keeps
+    the identity of: alone every box with a reference, composed those with alpha >= 0.5 (predicted by a
+    RefComp checkpoint, else the box's alpha or depth label). Boxes XVerse cannot bind are refused before
+    any encoder runs whenever alpha needs no prediction."""
+    adapter, xverse = models.adapter, models.xverse is not None
+    predicts = adapter is not None and adapter.config.identity
+    chosen: list[int] = []
+    if xverse and not predicts:
+        chosen = identity_boxes(layout, None if adapter is None else label_alpha(layout))
+        check_identity_boxes(layout, chosen, id_refs)
+    state = None
+    if len(layout) == 0:
+        log.warning("the layout has no instances; composing is a no-op (vanilla FLUX)")
+    elif adapter is not None:
+        caption_only = xverse and not predicts               # XVerse takes the references; the adapter reads captions
+        state = _refcomp_state(models, layout, [] if caption_only else references, caption_only=caption_only)
+        if xverse and predicts:
+            chosen = identity_boxes(layout, state.alpha.float().tolist())
+            check_identity_boxes(layout, chosen, id_refs)
+    if xverse and len(layout) and not chosen:
+        log.warning("XVerse: no box has a reference%s, so XVerse is off and the image is %s alone",
+                    "" if adapter is None else " with alpha >= 0.5", "FLUX" if adapter is None else "the adapter")
+    return state, chosen
 
 
 def _refcomp_state(models: ComposeModels, layout: Layout, references: Sequence[Image.Image], *,

@@ -29,7 +29,8 @@ from refcomp_core import Layout, TokenGrid
 from refcomp_core.errors import CheckpointError, LayoutError, MissingEncoderError, UsageError
 from refcomp_core.released.xverse import XVerseInfo, load_xverse, read_xverse_info
 from refcomp_core.session import XVerseRun
-from refcomp_core.xverse import PRESETS, SpanNotFoundError, XVerseAdapter, bind_spans
+from refcomp_core.values import show
+from refcomp_core.xverse import PRESETS, SpanBinding, SpanNotFoundError, XVerseAdapter, bind_spans
 from refcomp_core.xverse.compose import XVerseReference, adapter_loras, build_run, confine_mask
 from refcomp_core.xverse.spans import T5_LENGTH
 
@@ -184,34 +185,12 @@ def build_xverse_run(xv: XVerseModels, encoders: Any, pipe: Any, layout: Layout,
     if pipe.vae_scale_factor * 2 * (settings.cond_size // 16) != settings.cond_size:
         raise CheckpointError(f"--flux: the VAE downsamples by {pipe.vae_scale_factor}, XVerse's references need "
                               "FLUX.1's 8 (16 px per token)")
-    captions = [layout.instances[i].caption for i in chosen]
-    try:
-        binding = bind_spans(prompt, captions, t5_tokenize(pipe))
-    except SpanNotFoundError as err:
-        i, caption = chosen[err.reference], captions[err.reference]
-        if "does not appear in the prompt" not in str(err):
-            raise SpanNotFoundError(f"layout.instances[{i}].caption {caption!r}: {err}", reference=err.reference,
-                                    word=err.word) from None
-        raise SpanNotFoundError(f"layout.instances[{i}].caption {caption!r}: its word {err.word!r} is not in the "
-                                f"prompt {prompt!r} as the same T5 tokens (within the first {T5_LENGTH}); XVerse "
-                                "binds each identity reference to its word in the prompt: write the word into the "
-                                "prompt (ENT1, ENT2 ... stand for the identity boxes' captions) or change the caption",
-                                reference=err.reference, word=err.word) from None
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    refs = []
-    for i in chosen:
-        inst = layout.instances[i]
-        square = square_on_white(references[inst.ref])
-        refs.append(XVerseReference(txt=t5_states(pipe, inst.caption),
-                                    img=clip_penultimate(encoders.clip, encoders.clip_processor, square),
-                                    latents=reference_latents(pipe, square, settings.cond_size, generator),
-                                    is_id=inst.ref in id_refs))
-    dims = flux_dims(pipe.transformer)
-    mask = None
-    if confine:
-        mask = confine_mask([layout.instances[i].box for i in chosen], TokenGrid.from_pixels(layout.height,
-                                                                                              layout.width))
-    device = pipe.transformer.device
+    binding = bind_prompt(pipe, layout, chosen, prompt)
+    refs = reference_inputs(pipe, encoders, layout, chosen, references, cond_size=settings.cond_size, seed=seed,
+                            id_refs=id_refs)
+    grid = TokenGrid.from_pixels(layout.height, layout.width)
+    mask = confine_mask([layout.instances[i].box for i in chosen], grid) if confine else None
+    dims, device = flux_dims(pipe.transformer), pipe.transformer.device
     xv.adapter.net.to(device)
     xv.adapter.net2.to(device)
     try:
@@ -220,15 +199,48 @@ def build_xverse_run(xv: XVerseModels, encoders: Any, pipe: Any, layout: Layout,
     finally:
         xv.adapter.net.to("cpu")                # offloaded: the offsets are computed once per run
         xv.adapter.net2.to("cpu")
-    tokens = settings.reference_tokens * len(refs)
-    image_tokens = TokenGrid.from_pixels(layout.height, layout.width).n
     log.info("XVerse (%s preset): %d identity reference(s) %s, %d tokens each: %d reference tokens in every block "
              "beside %d image and %d prompt tokens%s", preset, len(refs),
-             [f"instances[{i}] {w!r}{' (ID)' if r.is_id else ''}" for i, w, r in
-              zip(chosen, (s.word for s in binding.spans), refs)],
-             settings.reference_tokens, tokens, image_tokens, T5_LENGTH,
+             [f"instances[{i}] {span.word!r}{' (ID)' if r.is_id else ''}"
+              for i, span, r in zip(chosen, binding.spans, refs)],
+             settings.reference_tokens, settings.reference_tokens * len(refs), grid.n, T5_LENGTH,
              "; confined to their boxes in the single blocks (experimental)" if confine else "")
     return run
+
+
+def bind_prompt(pipe: Any, layout: Layout, chosen: Sequence[int], prompt: str) -> SpanBinding:
+    """The identity boxes' caption words bound to the prompt's T5 tokens (pipeline tokenizer, 128 tokens);
+    SpanNotFoundError naming the box, its caption and the word otherwise."""
+    captions = [layout.instances[i].caption for i in chosen]
+    try:
+        return bind_spans(prompt, captions, t5_tokenize(pipe))
+    except SpanNotFoundError as err:
+        where = f"layout.instances[{chosen[err.reference]}].caption {show(captions[err.reference])}"
+        if err.where != "prompt":
+            raise SpanNotFoundError(f"{where}: {err}", reference=err.reference, word=err.word, where=err.where) \
+                from None
+        raise SpanNotFoundError(f"{where}: its word {err.word!r} is not in the prompt {show(prompt)} as the same T5 "
+                                f"tokens (within the first {T5_LENGTH}); XVerse binds each identity reference to its "
+                                "word in the prompt: write the word into the prompt (ENT1, ENT2 ... stand for the "
+                                "identity boxes' captions) or change the caption", reference=err.reference,
+                                word=err.word) from None
+
+
+def reference_inputs(pipe: Any, encoders: Any, layout: Layout, chosen: Sequence[int],
+                     references: Sequence[Image.Image], *, cond_size: int, seed: int,
+                     id_refs: Sequence[int]) -> list[XVerseReference]:
+    """Each identity box's caption states, CLIP states and packed VAE latents, in box order (one generator
+    seeded with `seed` samples every reference's latent in turn)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for i in chosen:
+        inst = layout.instances[i]
+        square = square_on_white(references[inst.ref])
+        out.append(XVerseReference(txt=t5_states(pipe, inst.caption),
+                                   img=clip_penultimate(encoders.clip, encoders.clip_processor, square),
+                                   latents=reference_latents(pipe, square, cond_size, generator),
+                                   is_id=inst.ref in id_refs))
+    return out
 
 
 def check_id_refs(values: Sequence[int], num_refs: int) -> tuple[int, ...]:

@@ -33,12 +33,14 @@ Tokenize = Callable[[str], tuple[Sequence[int], Sequence[int]]]
 
 
 class SpanNotFoundError(RefCompError):
-    """A reference's caption word is not in the prompt (XVerse would produce NaN); names the word."""
+    """A reference's caption word is not in the prompt (XVerse would produce NaN); names the word.
+    `where`: "prompt" (not in the prompt), "caption" (not in its own caption) or "word" (no tokens)."""
 
-    def __init__(self, message: str, *, reference: int, word: str) -> None:
+    def __init__(self, message: str, *, reference: int, word: str, where: str = "prompt") -> None:
         super().__init__(message)
         self.reference = reference
         self.word = word
+        self.where = where
 
 
 @dataclass(frozen=True)
@@ -143,13 +145,13 @@ def bind_ids(prompt: Sequence[int], captions: Sequence[Sequence[int]], words: Se
     for i, (caption, word) in enumerate(zip(captions, words)):
         if not word:
             raise SpanNotFoundError(f"reference {i + 1}: its caption word {names[i]!r} has no T5 tokens; give the "
-                                    "reference a caption with a word", reference=i, word=names[i])
+                                    "reference a caption with a word", reference=i, word=names[i], where="word")
         src = find_span(caption, word)
         if src is None:
             where = f" {caption_texts[i]!r}" if caption_texts else ""
             raise SpanNotFoundError(f"reference {i + 1}: the word {names[i]!r} is not found in its own caption{where} "
                                     "as the same T5 tokens; use a caption of the form 'a <word>'", reference=i,
-                                    word=names[i])
+                                    word=names[i], where="caption")
         tar = find_span(prompt, word)
         if tar is None:
             where = f" {prompt_text!r}" if prompt_text is not None else ""
