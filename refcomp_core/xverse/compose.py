@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ..pathways.xverse import XVerseScales, XVerseState, xverse_loras
+from ..pathways.xverse import XVerseScales, XVerseState
 from ..rope import rope_from_ids
 from ..session import XVerseRun
 from .adapter import XVerseAdapter
@@ -35,13 +35,25 @@ class XVerseReference:
     is_id: bool = False
 
 
-def adapter_loras(adapter: XVerseAdapter) -> dict:
-    """The converted LoRA as RefComp LoRA sets per block ("<double>", "s<single>", "x")."""
-    modules = {}
-    for site in adapter.config.lora:
-        pair = adapter.lora_pair(site)
-        modules[site] = (pair.down.detach(), pair.up.detach(), pair.alpha_over_rank)
-    return xverse_loras(modules)
+@dataclass
+class SiteLoRAs:
+    """The LoRA pairs of one block by site name (views of the adapter's own parameters, never copies,
+    so they follow the adapter wherever ComfyUI moves it)."""
+
+    deltas: dict
+
+
+def adapter_loras(adapter: XVerseAdapter) -> dict[str, SiteLoRAs]:
+    """The converted LoRA by block ("<double>", "s<single>", "x") and site, as the pathway reads it."""
+    from ..released.lora_keys import site_of
+
+    out: dict[str, SiteLoRAs] = {}
+    for module in adapter.config.lora:
+        where = site_of(module)
+        if where is None:
+            raise ValueError(f"XVerse LoRA: no RefComp site for module {module}")
+        out.setdefault(where[0], SiteLoRAs({})).deltas[where[1]] = adapter.lora_pair(module)
+    return out
 
 
 def build_run(adapter: XVerseAdapter, references: Sequence[XVerseReference], binding: SpanBinding,
