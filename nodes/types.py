@@ -14,6 +14,7 @@ MODEL_TYPE = "REFCOMP_MODEL"
 REFERENCES_TYPE = "REFCOMP_REFERENCES"
 LAYOUT_TYPE = "REFCOMP_LAYOUT"
 INSTANCES_TYPE = "REFCOMP_INSTANCES"
+XVERSE_TYPE = "REFCOMP_XVERSE"
 
 
 @dataclass
@@ -50,3 +51,11 @@ class RefCompInstances:
 
     def with_layout(self, layout: Layout) -> "RefCompInstances":
         return replace(self, layout=layout)
+
+
+@dataclass
+class XVerseBundle:
+    """XVerse Encode's output: the loaded XVerse model and the prepared references (nodes.xverse_inputs)."""
+
+    model: Any
+    inputs: Any
