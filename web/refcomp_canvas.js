@@ -102,9 +102,10 @@ function attachEditor(node) {
   });
   domWidget.serialize = false;
 
+  const tagId = () => { if (el.dataset.refcompNode !== String(node.id)) el.dataset.refcompNode = String(node.id); };
   const undo = [
     chain(node, "onConfigure", () => loadJson(jsonWidget.value)),
-    chain(node, "onDrawForeground", () => editor?.view.setBackground(backgroundUrl(node))),
+    chain(node, "onDrawForeground", () => { tagId(); editor?.view.setBackground(backgroundUrl(node)); }),
   ];
   for (const w of [wW, hW]) if (w) undo.push(chain(w, "callback", syncSizeFromWidgets));
   chain(node, "onRemoved", () => {
