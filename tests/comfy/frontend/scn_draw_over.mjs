@@ -13,7 +13,7 @@ function spot(layout, n) {
   for (let y = 40; y < layout.height - 40; y += 8) {
     for (let x = 40; x < layout.width - 40; x += 8) {
       const ids = under(layout, x, y);
-      const clear = [-12, 12].every((d) => under(layout, x + d, y).join() === ids.join() && under(layout, x, y + d).join() === ids.join());
+      const clear = [-28, 28].every((d) => under(layout, x + d, y).join() === ids.join() && under(layout, x, y + d).join() === ids.join());
       if (ids.length === n && ids[0] === 0 && clear) return { x, y, ids };
     }
   }

@@ -1,7 +1,7 @@
 // Issue 11.5: each box shows its reference image (pixels of a screenshot), the full caption on
 // hover, a list of the boxes, a hint on an empty canvas, and form fields that look disabled.
 import { Checks } from "./checks.mjs";
-import { drag, editorSel, imageToClient, meanColor, setField, widgetLayout } from "./lib.mjs";
+import { drag, editorSel, imageToClient, meanColor, panelText, setField, widgetLayout } from "./lib.mjs";
 
 const LONG = "a tall glass bottle of olive oil with a green paper label, a cork stopper and a small brass chain around the neck";
 const near = (a, b, tol = 14) => a.every((v, k) => Math.abs(v - b[k]) <= tol);
@@ -76,8 +76,20 @@ export default async function (page, ctx) {
   }, root);
   c.check("hover shows the full caption", Boolean(tip?.includes(LONG)), tip);
 
-  const rows = await page.evaluate((sel) => [...document.querySelectorAll(`${sel} .refcomp-list [data-index]`)].map((r) => r.textContent), root);
-  c.check("the box list has a row per box", rows.length === 2, rows);
+  const toggle = await page.$(`${root} [data-action="list"]`);
+  if (toggle && !(await page.$(`${root} .refcomp-list [data-index]`))) await toggle.click();
+  const rows = await page.evaluate((sel) => Object.fromEntries([...document.querySelectorAll(`${sel} .refcomp-list [data-index]`)]
+    .map((r) => [r.dataset.index, r.textContent])), root);
+  c.check("the box list has a row per box", Object.keys(rows).length === 2, rows);
   c.check("a row shows ref and caption", Boolean(rows[1]?.includes("ref 0") && rows[1]?.includes(LONG.slice(0, 20))), rows[1]);
+  // the list selects and reorders: a click on box #0's row selects it, its ▲ brings it to the front
+  await page.click(`${root} .refcomp-list [data-index="0"]`);
+  c.check("a click on a row selects its box", /box #0/.test(await panelText(page, id)), await panelText(page, id));
+  await page.click(`${root} .refcomp-list [data-index="0"] [data-action="forward"]`);
+  const after = await widgetLayout(page, id);
+  c.check("▲ brings the box forward", after.instances.map((i) => i.ref).join() === "0,2", after.instances.map((i) => i.ref));
+  await page.keyboard.press("Control+z");
+  c.check("Ctrl+Z after using the list undoes in the canvas",
+    (await widgetLayout(page, id)).instances.map((i) => i.ref).join() === "2,0");
   return c.done({ hint, rows });
 }
