@@ -4,7 +4,8 @@ one JSON line `RESULT {...}` for the pytest side. Never imported by pytest.
     python driver.py <comfy_root> <pack_dir_in_custom_nodes> <work_dir> <task>
 
 Tasks: load (node registry), parity (tensors for the diffusers comparison),
-sample (ComfyUI's own executor on a tiny FLUX).
+sample (ComfyUI's own executor on a tiny FLUX), sample_each (each prompt of prompts.json in turn,
+recording which nodes ran and the errors).
 """
 from __future__ import annotations
 
@@ -158,11 +159,10 @@ def task_parity() -> None:
     RESULT["patches_on_input_model"] = len(model.model_options["transformer_options"].get("patches_replace", {}))
 
 
-def task_sample() -> None:
-    init_nodes()
+def run_prompt(prompt: dict, pid: str, out: dict) -> None:
+    """Validate and execute one API prompt with ComfyUI's executor; results go into `out`
+    (valid, success, errors [{node_type, exception_message}], executed [node ids in order])."""
     import execution
-    with open(os.path.join(WORK, "prompt.json")) as f:
-        prompt = json.load(f)
 
     class Server:
         client_id = None
@@ -170,24 +170,43 @@ def task_sample() -> None:
 
         def send_sync(self, event, data, sid=None):
             if event == "execution_error":
-                RESULT.setdefault("errors", []).append({k: data.get(k) for k in ("node_type", "exception_message")})
+                out.setdefault("errors", []).append({k: data.get(k) for k in ("node_type", "exception_message")})
+            elif event == "executing" and data.get("node") is not None:
+                out.setdefault("executed", []).append(data["node"])
 
         def queue_updated(self):
             pass
 
-    valid = asyncio.run(execution.validate_prompt("p1", prompt, None))
-    RESULT["valid"] = bool(valid[0])
+    valid = asyncio.run(execution.validate_prompt(pid, prompt, None))
+    out["valid"] = bool(valid[0])
     if not valid[0]:
-        RESULT["validation"] = {"error": valid[1], "node_errors": valid[3]}
+        out["validation"] = {"error": valid[1], "node_errors": valid[3]}
         return
     cache_type = getattr(execution, "CacheType").CLASSIC
     ex = execution.PromptExecutor(Server(), cache_type=cache_type, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
-    ex.execute(prompt, "p1", {}, valid[2])
-    RESULT["success"] = bool(ex.success)
+    ex.execute(prompt, pid, {"client_id": "refcomp-test"}, valid[2])   # with a client, errors are sent to it
+    out["success"] = bool(ex.success)
+
+
+def task_sample() -> None:
+    init_nodes()
+    with open(os.path.join(WORK, "prompt.json")) as f:
+        run_prompt(json.load(f), "p1", RESULT)
+
+
+def task_sample_each() -> None:
+    init_nodes()
+    with open(os.path.join(WORK, "prompts.json")) as f:
+        prompts = json.load(f)["prompts"]
+    RESULT["runs"] = []
+    for i, prompt in enumerate(prompts):
+        out: dict = {}
+        run_prompt(prompt, f"p{i}", out)
+        RESULT["runs"].append(out)
 
 
 if __name__ == "__main__":
     try:
-        {"load": task_load, "parity": task_parity, "sample": task_sample}[TASK]()
+        {"load": task_load, "parity": task_parity, "sample": task_sample, "sample_each": task_sample_each}[TASK]()
     finally:
         print("RESULT " + json.dumps(RESULT, default=str), flush=True)

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -175,9 +176,53 @@ def test_references_visible(comfy_server, browser_tools, reference_images):
     run_scenario(browser_tools, comfy_server, "references", reference_images)
 
 
+def test_shelf_of_22_references_from_scratch(comfy_server, browser_tools, reference_images):
+    """Issue 11, done when: a 22-box shelf layout built from scratch, every reference visible in its box."""
+    run_scenario(browser_tools, comfy_server, "shelf_from_scratch", reference_images)
+
+
+def test_batch_references_after_a_run(comfy_server, browser_tools, reference_images):
+    """IMAGE-batch references: thumbnails and count from the canvas node's UI output after a run."""
+    run_scenario(browser_tools, comfy_server, "executed_refs", reference_images)
+
+
+def test_paste_instanceassemble_and_bigger_editor(comfy_server, browser_tools):
+    """InstanceAssemble JSON pasted with Ctrl+V becomes the layout; the pop-out editor edits the same layout."""
+    run_scenario(browser_tools, comfy_server, "import")
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_reference_routes_stay_in_the_input_folder(comfy_server, comfy_root, reference_images):
+    base = f"{comfy_server}/api/refcomp"
+    status, body = _get(f"{base}/references?folder={REFS_FOLDER}")
+    listing = json.loads(body)
+    assert status == 200 and listing["names"] == [f"ref_{i:02d}.png" for i in range(4)]
+    status, body = _get(f"{comfy_server}/api{listing['urls'][2]}")
+    assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
+    for query, code, words in (("references?folder=..%2F", 400, "outside ComfyUI's input folder"),
+                               ("references?folder=nope", 404, "does not exist"),
+                               (f"thumbnail?folder={REFS_FOLDER}&name=..%2F{BATCH_IMAGE}", 404, "not a reference image"),
+                               ("thumbnail?folder=..&name=main.py", 400, "outside ComfyUI's input folder")):
+        status, body = _get(f"{base}/{query}")
+        assert status == code and words in json.loads(body)["error"], (query, status, body)
+    bad = comfy_root / "input" / "refcomp_bad"
+    bad.mkdir(exist_ok=True)
+    (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    status, body = _get(f"{base}/thumbnail?folder=refcomp_bad&name=broken.png")
+    assert status == 400 and "broken.png" in json.loads(body)["error"], body
+
+
 def test_canvas_layout_reaches_the_server(comfy_server, browser_tools, comfy_root):
     """A drawn box travels in the API prompt and the canvas node executes on the server."""
     details = run_scenario(browser_tools, comfy_server, "queue")
+    assert details["postedLayout"], details
     layout = json.loads(details["postedLayout"])
     assert layout["version"] == 1 and len(layout["instances"]) == 1
     assert details["apiLayout"] == details["postedLayout"]

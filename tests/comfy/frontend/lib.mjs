@@ -49,6 +49,68 @@ export async function openComfy(base, { width = 1400, height = 1000 } = {}) {
   return { browser, page, errors };
 }
 
+/**
+ * Clear the graph and build [LoadImage(batchImage) ->] [Load Reference Set(folder) ->] Layout Canvas
+ * [-> Layout Preview -> PreviewImage], at scale 1 with the canvas in view.
+ * @param {{folder?: string|null, batchImage?: string|null, size?: number[], preview?: boolean}} [spec]
+ * @returns {Promise<number>} the canvas node id (its editor is on the page)
+ */
+export async function buildCanvasGraph(page, { folder = null, batchImage = null, size = [600, 820], preview = false } = {}) {
+  const id = await page.evaluate(({ folder, batchImage, size, preview }) => {
+    const { app, LiteGraph } = window;
+    const add = (type, pos) => {
+      const n = LiteGraph.createNode(type);
+      n.pos = pos;
+      app.graph.add(n);
+      return n;
+    };
+    const slot = (node, name) => node.inputs.findIndex((i) => i.name === name);
+    app.graph.clear();
+    const canvas = add("RefCompLayoutCanvas", [120, 60]);
+    canvas.setSize(size);
+    if (folder !== null || batchImage) {
+      const refs = add("RefCompLoadReferenceSet", [-320, 100]);
+      refs.widgets.find((w) => w.name === "folder").value = folder ?? "";
+      refs.connect(0, canvas, slot(canvas, "references"));
+      if (batchImage) {
+        const load = add("LoadImage", [-640, 100]);
+        const w = load.widgets.find((w) => w.name === "image");
+        w.value = batchImage;
+        w.callback?.(batchImage);
+        load.connect(0, refs, slot(refs, "images"));
+      }
+    }
+    if (preview) {
+      const layoutPreview = add("RefCompLayoutPreview", [size[0] + 160, 60]);
+      const out = add("PreviewImage", [size[0] + 460, 60]);
+      canvas.connect(0, layoutPreview, slot(layoutPreview, "layout"));
+      layoutPreview.connect(0, out, 0);
+    }
+    app.canvas.ds.offset = [0, 0];
+    app.canvas.ds.scale = 1;
+    app.graph.setDirtyCanvas(true, true);
+    window.__refcompNode = canvas;
+    return canvas.id;
+  }, { folder, batchImage, size, preview });
+  await waitEditor(page, id);
+  return id;
+}
+
+/** Queue the workflow; wait for that prompt's history. @returns {Promise<{posted: any, history: any}>} */
+export async function queueAndWait(page, timeoutMs = 60_000) {
+  const posted = page.waitForResponse((r) => r.request().method() === "POST" && /\/prompt$/.test(new URL(r.url()).pathname));
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  const response = await posted;
+  const body = JSON.parse(response.request().postData() ?? "{}");
+  const promptId = (await response.json()).prompt_id;
+  for (let waited = 0; waited < timeoutMs; waited += 250) {
+    await page.waitForTimeout(250);
+    const h = await page.evaluate(async (pid) => (await fetch(`/api/history/${pid}`)).json(), promptId);
+    if (h[promptId]?.status?.completed !== undefined) return { posted: body, history: h[promptId] };
+  }
+  return { posted: body, history: null };
+}
+
 /** Clear the graph, add a Layout Canvas node at scale 1 in view. @returns {Promise<number>} node id */
 export async function addCanvasNode(page, { pos = [120, 90], size = null } = {}) {
   const id = await page.evaluate(({ pos, size }) => {

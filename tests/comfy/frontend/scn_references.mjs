@@ -1,39 +1,15 @@
 // Issue 11.5: each box shows its reference image (pixels of a screenshot), the full caption on
 // hover, a list of the boxes, a hint on an empty canvas, and form fields that look disabled.
 import { Checks } from "./checks.mjs";
-import { drag, editorSel, imageToClient, meanColor, panelText, setField, widgetLayout } from "./lib.mjs";
+import { buildCanvasGraph, drag, editorSel, imageToClient, meanColor, panelText, setField, widgetLayout } from "./lib.mjs";
 
 const LONG = "a tall glass bottle of olive oil with a green paper label, a cork stopper and a small brass chain around the neck";
 const near = (a, b, tol = 14) => a.every((v, k) => Math.abs(v - b[k]) <= tol);
 
-/** Layout Canvas fed by Load Reference Set(folder). @returns {Promise<number>} canvas node id */
-async function buildGraph(page, folder) {
-  const id = await page.evaluate((folder) => {
-    const { app, LiteGraph } = window;
-    app.graph.clear();
-    const refs = LiteGraph.createNode("RefCompLoadReferenceSet");
-    refs.pos = [-300, 100];
-    app.graph.add(refs);
-    refs.widgets.find((w) => w.name === "folder").value = folder;
-    const canvas = LiteGraph.createNode("RefCompLayoutCanvas");
-    canvas.pos = [120, 90];
-    app.graph.add(canvas);
-    canvas.setSize([600, 820]);
-    refs.connect(0, canvas, canvas.inputs.findIndex((i) => i.name === "references"));
-    app.canvas.ds.offset = [0, 0];
-    app.canvas.ds.scale = 1;
-    app.graph.setDirtyCanvas(true, true);
-    return canvas.id;
-  }, folder);
-  await page.waitForFunction((id) => window.app.graph.getNodeById(id)?.widgets?.find((w) => w.name === "layout_canvas")?.element?.isConnected, id);
-  await page.waitForTimeout(500);
-  return id;
-}
-
 export default async function (page, ctx) {
   const c = new Checks();
   const { folder, colors } = ctx.refs;
-  const id = await buildGraph(page, folder);
+  const id = await buildCanvasGraph(page, { folder });
   const root = editorSel(id);
 
   const hint = await page.evaluate((sel) => {
