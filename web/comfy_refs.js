@@ -69,8 +69,10 @@ export class ReferenceTracker {
       this._listed = null;
       if (this._executed && this._executed.key !== key) this._executed = null;
       if (this._executed) this._show(this._executed.sources, "the last run");
-      else if (src?.folder && !src.batch) this._list(src.folder, key);
-      else this._show([], "");
+      else {
+        this._show([], ""); // never the previous source's images
+        if (src?.folder && !src.batch) this._list(src.folder, key);
+      }
     }
     const count = !src ? this._numRefs()
       : this._executed ? this._executed.sources.length : this._listed;
