@@ -206,10 +206,11 @@ def test_reference_routes_stay_in_the_input_folder(comfy_server, comfy_root, ref
     assert status == 200 and listing["names"] == [f"ref_{i:02d}.png" for i in range(4)]
     status, body = _get(f"{comfy_server}/api{listing['urls'][2]}")
     assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
-    for query, code, words in (("references?folder=..%2F", 400, "outside ComfyUI's input folder"),
+    outside = "outside ComfyUI's input folder"
+    for query, code, words in (("references?folder=..%2F", 400, outside),
                                ("references?folder=nope", 404, "does not exist"),
-                               (f"thumbnail?folder={REFS_FOLDER}&name=..%2F{BATCH_IMAGE}", 404, "not a reference image"),
-                               ("thumbnail?folder=..&name=main.py", 400, "outside ComfyUI's input folder")):
+                               (f"thumbnail?folder={REFS_FOLDER}&name=..%2F{BATCH_IMAGE}", 404, "not a reference"),
+                               ("thumbnail?folder=..&name=main.py", 400, outside)):
         status, body = _get(f"{base}/{query}")
         assert status == code and words in json.loads(body)["error"], (query, status, body)
     bad = comfy_root / "input" / "refcomp_bad"
