@@ -421,6 +421,17 @@ test("editor: keyboard focus only on inputs, draw mode, Shift-draw, click cyclin
     buffer: Buffer.from(JSON.stringify([{ x: 10, y: 10, width: 100, height: 60, metadata: "a cup" }])) });
   await page.waitForFunction(() => /** @type {any} */ (window).__refcomp.state.instances.length === 3);
   assert.equal((await json()).instances[2].caption, "a cup");
+  // a .json file dropped on the canvas is imported too
+  const dt = await page.evaluateHandle(() => {
+    const d = new DataTransfer();
+    d.items.add(new File([JSON.stringify([{ x: 500, y: 300, width: 80, height: 80, metadata: "a plate" }])], "b.json",
+      { type: "application/json" }));
+    return d;
+  });
+  await page.dispatchEvent("canvas.refcomp-canvas", "drop", { dataTransfer: dt });
+  await page.waitForFunction(() => /** @type {any} */ (window).__refcomp.state.instances.length === 4);
+  assert.equal((await json()).instances[3].caption, "a plate");
+  await page.keyboard.press("Control+z");
   await page.evaluate(() => navigator.clipboard.writeText("{ not json"));
   await click(900, 480);
   await page.keyboard.press("Control+v");
