@@ -8,6 +8,7 @@ from refcomp_core.controls import Controls
 from .encoding import check_widths, encode_instances
 from .flux_apply import apply_refcomp
 from .layout_tools import ALPHA_MODES, depth_alphas, depth_values, parse_overrides, resolved_alphas, set_alphas
+from .model_check import check_box_count
 from .runtime import predict_alphas, progress_bar
 from .v3_inputs import CATEGORY, InstancesIO, LayoutIO, RefCompModelIO, ReferencesIO
 
@@ -31,13 +32,19 @@ class RefCompInstanceEncode(io.ComfyNode):
                                     tooltip="DINOv2-L through Load CLIP Vision (dino2 large): FG identity"),
                 io.Clip.Input("clip", optional=True,
                               tooltip="The FLUX CLIP (clip_l + t5xxl); only the CLIP-L pooled caption embed is used"),
+                RefCompModelIO.Input("refcomp_model", optional=True,
+                                     tooltip="Optional: the adapter. Connected, it loads (and is checked against its "
+                                             "FLUX model) before any encoder runs, and the box count is checked"),
             ],
             outputs=[InstancesIO.Output("instances", tooltip="Layout plus encoder features")])
 
     @classmethod
-    def execute(cls, layout, references=None, clip_vision=None, dino=None, clip=None) -> io.NodeOutput:
+    def execute(cls, layout, references=None, clip_vision=None, dino=None, clip=None,
+                refcomp_model=None) -> io.NodeOutput:
         from .types import RefCompInstances
 
+        if refcomp_model is not None:
+            check_box_count(layout, refcomp_model.adapter.config)
         total = (len(references) if references is not None else 0) * 2 + len(layout.instances)
         features = encode_instances(layout, references, clip_vision, dino, clip, progress_bar(total))
         return io.NodeOutput(RefCompInstances(layout=layout, features=features,

@@ -6,7 +6,8 @@ one JSON line `RESULT {...}` for the pytest side. Never imported by pytest.
 Tasks: load (node registry), parity (tensors for the diffusers comparison),
 ia_parity / xverse_parity (the released pathways, for the oracle comparisons), sample (ComfyUI's own
 executor on a tiny FLUX), errors (each prompt of prompts.json through the executor; the error
-message ComfyUI reports for each).
+message ComfyUI reports for each), sample_each (each prompt of prompts.json in turn, recording which
+nodes ran and the errors).
 """
 from __future__ import annotations
 
@@ -297,9 +298,43 @@ def task_errors() -> None:
         RESULT["errors"][name] = res if not res["valid"] else (None if res["success"] else (res["errors"] or [{}])[-1])
 
 
+def run_prompt(prompt: dict, pid: str, out: dict) -> None:
+    """Validate and execute one API prompt with ComfyUI's executor; results go into `out`
+    (valid, success, errors [{node_type, exception_message}], executed [node ids in order])."""
+    import execution
+
+    class Server(_Server):
+        def send_sync(self, event, data, sid=None):
+            if event == "execution_error":
+                out.setdefault("errors", []).append({k: data.get(k) for k in ("node_type", "exception_message")})
+            elif event == "executing" and data.get("node") is not None:
+                out.setdefault("executed", []).append(data["node"])
+
+    valid = asyncio.run(execution.validate_prompt(pid, prompt, None))
+    out["valid"] = bool(valid[0])
+    if not valid[0]:
+        out["validation"] = {"error": valid[1], "node_errors": valid[3]}
+        return
+    cache_type = getattr(execution, "CacheType").CLASSIC
+    ex = execution.PromptExecutor(Server(), cache_type=cache_type, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    ex.execute(prompt, pid, {"client_id": "refcomp-test"}, valid[2])   # with a client, errors are sent to it
+    out["success"] = bool(ex.success)
+
+
+def task_sample_each() -> None:
+    init_nodes()
+    with open(os.path.join(WORK, "prompts.json")) as f:
+        prompts = json.load(f)["prompts"]
+    RESULT["runs"] = []
+    for i, prompt in enumerate(prompts):
+        out: dict = {}
+        run_prompt(prompt, f"p{i}", out)
+        RESULT["runs"].append(out)
+
+
 if __name__ == "__main__":
     try:
         {"load": task_load, "parity": task_parity, "sample": task_sample, "ia_parity": task_ia_parity,
-         "xverse_parity": task_xverse_parity, "errors": task_errors}[TASK]()
+         "xverse_parity": task_xverse_parity, "errors": task_errors, "sample_each": task_sample_each}[TASK]()
     finally:
         print("RESULT " + json.dumps(RESULT, default=str), flush=True)

@@ -66,3 +66,15 @@ def test_workflows_match_real_node_schemas(object_info):
     for path in WORKFLOWS:
         problems = check_workflow(json.loads(path.read_text()), object_info)
         assert not problems, f"{path.name}: {problems}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_adapter_is_checked_before_the_encoders(path):
+    """Load Diffusion Model -> Load RefComp Model.model and Load RefComp Model -> Instance Encode.refcomp_model:
+    a checkpoint for another FLUX fails at load, before any encoder runs."""
+    wf = json.loads(path.read_text())
+    types = {n["id"]: n["type"] for n in wf["nodes"]}
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    wired = {(types[a], types[b], nodes[b]["inputs"][slot]["name"]) for _, a, _, b, slot, _ in wf["links"]}
+    assert ("UNETLoader", "RefCompLoader", "model") in wired
+    assert ("RefCompLoader", "RefCompInstanceEncode", "refcomp_model") in wired
