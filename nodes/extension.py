@@ -10,11 +10,12 @@ from . import reference_preview as preview
 from .runtime import register_folder
 from .v3_compose import RefCompAlphaPredictor, RefCompApplyFLUX, RefCompInstanceEncode
 from .v3_inputs import RefCompLayoutCanvas, RefCompLayoutPreview, RefCompLoader, RefCompLoadReferenceSet
+from .v3_xverse import RefCompXVerseEncode
 
 log = logging.getLogger(__name__)
 
 NODES: list[type[io.ComfyNode]] = [RefCompLoader, RefCompLoadReferenceSet, RefCompLayoutCanvas, RefCompAlphaPredictor,
-                                   RefCompInstanceEncode, RefCompApplyFLUX, RefCompLayoutPreview]
+                                   RefCompInstanceEncode, RefCompApplyFLUX, RefCompLayoutPreview, RefCompXVerseEncode]
 _routes_added = False
 
 

@@ -86,3 +86,20 @@ def apply_refcomp(model: Any, adapter_patcher: Any | None, layout: Layout, featu
         previous = patched.model_options.get("model_function_wrapper")
         patched.set_model_unet_function_wrapper(UnetWrapper(comp, previous, patched.get_model_object("model_sampling")))
     return patched
+
+
+def xverse_apply(model: Any, bundle: Any) -> XVerseApply:
+    """XVerse Encode's references bound into a run for this FLUX model: the T-Mod adapter runs once here
+    (ComfyUI loads it for this and may offload it after), the LoRA stays in its own patcher for sampling."""
+    import comfy.model_management as mm
+    from refcomp_core.xverse.compose import adapter_loras, build_run
+
+    dims = flux_dims(model)
+    xv = bundle.model
+    if getattr(xv, "kind", None) != "xverse":
+        raise RefCompError("Apply Composition (FLUX): the xverse input must come from XVerse Encode with an XVerse file")
+    mm.load_models_gpu([xv.resampler])
+    inputs = bundle.inputs
+    run = build_run(xv.xverse, inputs.references, inputs.binding, inputs.preset, axes_dim=dims.axes_dim,
+                    theta=dims.theta, num_double_blocks=dims.num_double_blocks, loras=adapter_loras(xv.xverse))
+    return XVerseApply(run=run, patcher=xv.patcher)

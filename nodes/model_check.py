@@ -30,3 +30,13 @@ def check_box_count(layout: Any, config: Any, where: str = "Instance Encode") ->
     if len(layout.instances) > config.max_instances:
         raise CheckpointError(f"{where}: the layout has {len(layout.instances)} boxes, this checkpoint takes at most "
                               f"{config.max_instances}; remove boxes")
+
+
+def check_xverse_for_model(config: Any, model: Any, where: str = "Load RefComp Model") -> None:
+    """An XVerse file is for FLUX.1 (hidden size = its out_dim, its double-block count)."""
+    dims = flux_dims(model)
+    for what, ours, theirs in (("hidden size", config.out_dim, dims.hidden_size),
+                               ("double-block count", config.num_double_blocks, dims.num_double_blocks)):
+        if ours != theirs:
+            raise CheckpointError(f"{where}: this XVerse file is for a FLUX model with {what} {ours}, the model has "
+                                  f"{what} {theirs}; XVerse was released for FLUX.1-dev")

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from . import reference_preview
 from . import references as refs
 from .layout_tools import blank_canvas, draw_preview, empty_layout_json, parse_canvas, resolved_alphas
-from .model_check import check_adapter_for_model
+from .model_check import check_adapter_for_model, check_xverse_for_model
 from .runtime import DTYPES, checkpoint_names, load_refcomp_model, predict_alphas, progress_bar
 from .types import INSTANCES_TYPE, LAYOUT_TYPE, MODEL_TYPE, REFERENCES_TYPE
 
@@ -24,7 +24,8 @@ class RefCompLoader(io.ComfyNode):
         return io.Schema(
             node_id="RefCompLoader", display_name="Load RefComp Model", category=f"{CATEGORY}/loaders",
             description="Loads a RefComp adapter checkpoint (.safetensors) from models/refcomp/ "
-                        "(extra_model_paths.yaml 'refcomp:' entries work too).",
+                        "(extra_model_paths.yaml 'refcomp:' entries work too): a RefComp checkpoint, or the "
+                        "released InstanceAssemble or XVerse weights converted with `refcomp convert`.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=checkpoint_names(),
                                tooltip="RefComp checkpoint in models/refcomp/; it must be trained for your FLUX model"),
@@ -39,7 +40,9 @@ class RefCompLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name: str, dtype: str = "auto", model=None) -> io.NodeOutput:
         loaded = load_refcomp_model(ckpt_name, dtype)
-        if model is not None:
+        if model is not None and loaded.kind == "xverse":
+            check_xverse_for_model(loaded.info.config, model)
+        elif model is not None:
             check_adapter_for_model(loaded.adapter.config, model)
         return io.NodeOutput(loaded)
 

@@ -9,23 +9,9 @@ from refcomp_core.xverse.presets import PRESETS
 from .runtime import progress_bar
 from .types import XVERSE_TYPE, XVerseBundle
 from .v3_inputs import CATEGORY, LayoutIO, RefCompModelIO, ReferencesIO
-from .xverse_inputs import prepare
+from .xverse_inputs import parse_id_refs, prepare
 
 XVerseIO = io.Custom(XVERSE_TYPE)
-
-
-def parse_id_refs(text: str, count: int) -> set[int]:
-    """'0, 2' -> {0, 2}: the references that are people (XVerse's weight_id)."""
-    out = set()
-    for part in (text or "").replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if not part.isdigit() or int(part) >= max(count, 1):
-            raise RefCompError(f"XVerse Encode: id_refs: {part!r} is not a reference index in 0..{max(count - 1, 0)}; "
-                               "write indices such as '0, 2'")
-        out.add(int(part))
-    return out
 
 
 class RefCompXVerseEncode(io.ComfyNode):

@@ -45,6 +45,20 @@ class XVerseInputs:
     words: list[str] = field(default_factory=list)
 
 
+def parse_id_refs(text: str, count: int) -> set[int]:
+    """'0, 2' -> {0, 2}: the references that are people (XVerse's weight_id)."""
+    out = set()
+    for part in (text or "").replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) >= max(count, 1):
+            raise RefCompError(f"XVerse Encode: id_refs: {part!r} is not a reference index in 0..{max(count - 1, 0)}; "
+                               "write indices such as '0, 2'")
+        out.add(int(part))
+    return out
+
+
 def identity_boxes(layout: Layout) -> list[int]:
     """Boxes with a reference and alpha >= 0.5 (manual alpha, else 1 for fg and 0 otherwise)."""
     out = []

@@ -127,3 +127,83 @@ def test_composed_with_instanceassemble_matches_the_diffusers_host(xv_run):
         want = _denoised(inputs, m(**_feed(inputs, inputs["sigma"]))[0], inputs["sigma"])
     assert float((outs["both"] - outs["xv"]).abs().max()) > 1e-3                 # the layout branch acts too
     assert float((outs["both"] - want).abs().max()) <= 1e-5, float((outs["both"] - want).abs().max())
+
+
+# --- end to end through a running server's /prompt ---------------------------------------------------------
+
+E2E_LAYOUT = {"version": 1, "width": 128, "height": 96, "instances": [
+    {"box": [0.0, 0.25, 0.45, 1.0], "ref": 0, "caption": "a cat", "depth": "fg", "alpha": None},
+    {"box": [0.55, 0.25, 1.0, 1.0], "ref": 1, "caption": "a dog", "depth": None, "alpha": 0.8},
+    {"box": [0.0, 0.0, 1.0, 0.3], "ref": None, "caption": "a garden", "depth": "bg", "alpha": None}]}
+
+
+def _e2e_prompt(work: Path) -> dict:
+    save = lambda name, node: {"class_type": "RefCompTestSave",                         # noqa: E731
+                               "inputs": {"path": str(work / f"{name}.safetensors"), "samples": [node, 0]}}
+    ks = lambda model, positive: {"class_type": "KSampler", "inputs": {                  # noqa: E731
+        "model": [model, 0], "seed": 7, "steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+        "positive": positive, "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}}
+    apply = lambda **links: {"class_type": "RefCompApplyFLUX", "inputs": {                # noqa: E731
+        "model": ["1", 0], "strength": 1.0, "layout_start_percent": 0.0, "layout_end_percent": 0.3,
+        "modulation_start_percent": 0.0, "modulation_end_percent": 1.0, "apply_to_uncond": False, "mask_margin": 1.0,
+        **links}}
+    return {
+        "1": {"class_type": "RefCompTestTinyFlux", "inputs": {"path": str(work / "flux.safetensors")}},
+        "3": {"class_type": "RefCompTestCond", "inputs": {"seed": 2, "tokens": 5}},
+        "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 96, "batch_size": 1}},
+        "5": {"class_type": "RefCompLoader", "inputs": {"ckpt_name": "xverse_tiny.safetensors", "dtype": "fp32",
+                                                        "model": ["1", 0]}},
+        "6": {"class_type": "RefCompLoader", "inputs": {"ckpt_name": "ia_tiny.safetensors", "dtype": "fp32"}},
+        "7": {"class_type": "RefCompLoadReferenceSet", "inputs": {
+            "folder": "xverse_refs", "mask_meaning": "mask marks the background (Load Image alpha)"}},
+        "8": {"class_type": "RefCompLayoutCanvas", "inputs": {"layout_json": json.dumps(E2E_LAYOUT), "width": 128,
+                                                              "height": 96, "num_refs": 2, "references": ["7", 0]}},
+        "9": {"class_type": "RefCompTestT5Clip", "inputs": {"t5_dim": 24, "pooled_dim": 20}},
+        "10": {"class_type": "RefCompTestPenultimateVision", "inputs": {"dim": 12, "tokens": 5}},
+        "11": {"class_type": "RefCompTestVae", "inputs": {}},
+        "12": {"class_type": "RefCompXVerseEncode", "inputs": {
+            "xverse_model": ["5", 0], "layout": ["8", 0], "references": ["7", 0], "clip": ["9", 0],
+            "clip_vision": ["10", 0], "vae": ["11", 0], "prompt": "a cat and a dog in a garden", "preset": "demo",
+            "id_refs": ""}},
+        "13": {"class_type": "RefCompInstanceEncode", "inputs": {"layout": ["8", 0], "references": ["7", 0],
+                                                                 "clip": ["9", 0], "refcomp_model": ["6", 0]}},
+        "14": ks("1", ["12", 0]), "15": save("vanilla", "14"),
+        "16": apply(xverse=["12", 1]), "17": ks("16", ["12", 0]), "18": save("xverse", "17"),
+        "19": apply(refcomp_model=["6", 0], instances=["13", 0], xverse=["12", 1]), "20": ks("19", ["12", 0]),
+        "21": save("both", "20"),
+        "22": apply(refcomp_model=["6", 0], instances=["13", 0]), "23": ks("22", ["12", 0]), "24": save("ia", "23"),
+    }
+
+
+def test_combined_workflow_end_to_end_through_http_prompt(comfy_env, comfy_root, tmp_path):
+    """XVerse alone, InstanceAssemble alone and both, from converted tiny files in models/refcomp, two
+    identity reference boxes and a caption-only box, queued through POST /prompt of a running server."""
+    from PIL import Image
+
+    from comfy_harness import Server
+    spec = instanceassemble.TargetSpec.from_diffusers_config(TINY_DIFFUSERS)
+    xv_files.write_adapter(tmp_path / "modulation_adapter")
+    xv_files.write_lora(tmp_path / "lora.safetensors", xv_files.lora_tensors(TINY_DIFFUSERS, rank=2))
+    models = comfy_root / "models" / "refcomp"
+    models.mkdir(parents=True, exist_ok=True)
+    xverse.convert(adapter_dir=tmp_path / "modulation_adapter", lora=tmp_path / "lora.safetensors",
+                   out=models / "xverse_tiny.safetensors", spec=spec, in_channels=TINY_DIFFUSERS["in_channels"])
+    write_layout_pth(tmp_path / "layout.pth", TINY_DIFFUSERS, scale=0.3)
+    write_ia_lora(tmp_path / "ia_lora.safetensors", ia_lora(TINY_DIFFUSERS, rank=2), "peft")
+    instanceassemble.convert(layout=tmp_path / "layout.pth", lora=tmp_path / "ia_lora.safetensors",
+                             out=models / "ia_tiny.safetensors", spec=spec)
+    save_file({k: v.contiguous() for k, v in tiny_diffusers_flux(seed=1).state_dict().items()},
+              str(tmp_path / "flux.safetensors"))
+    refs = comfy_root / "input" / "xverse_refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (200, 90, 10)).save(refs / "a_cat.png")
+    Image.new("RGB", (24, 48), (30, 60, 220)).save(refs / "b_dog.png")
+    with Server(comfy_env, comfy_root, tmp_path / "server.log") as server:
+        status = server.run(_e2e_prompt(tmp_path))
+        assert status["status_str"] == "success", (status, server.log()[-4000:])
+    out = {n: load_file(str(tmp_path / f"{n}.safetensors"))["t"] for n in ("vanilla", "xverse", "both", "ia")}
+    assert all(torch.isfinite(t).all() for t in out.values())
+    assert float((out["xverse"] - out["vanilla"]).abs().max()) > 1e-3          # identity references act
+    assert float((out["both"] - out["xverse"]).abs().max()) > 1e-3             # and the layout on top
+    assert float((out["both"] - out["ia"]).abs().max()) > 1e-3
+    assert "XVerse: 2 identity reference(s) ['cat', 'dog']" in server.log()
