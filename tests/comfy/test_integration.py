@@ -43,7 +43,7 @@ def test_pack_loads_and_lists_nodes(object_info_run):
     res, info = object_info_run
     assert res["pack_loaded"] is True
     expected = ["RefCompAlphaPredictor", "RefCompApplyFLUX", "RefCompInstanceEncode", "RefCompLayoutCanvas",
-                "RefCompLayoutPreview", "RefCompLoadReferenceSet", "RefCompLoader"]
+                "RefCompLayoutPreview", "RefCompLoadReferenceSet", "RefCompLoader", "RefCompXVerseEncode"]
     assert res["refcomp_nodes"] == expected
     assert any(p.endswith("models/refcomp") for p in res["refcomp_folder"])
     for name in expected:
