@@ -5,8 +5,8 @@ InstanceAssemble / DenseLayout JSON:
      "annos": [{"bbox": [x1, y1, x2, y2] (pixels), "category_name": "chair", "caption": "a big red chair"}]}
 maps to one instance per anno, in order: box = bbox / (W, H) clamped to [0, 1], caption =
 "category, caption" (InstanceAssemble's own instance text; just one of them when the other is
-empty), ref / depth / alpha null. `prompt` (and `seed`) stay as extra keys of the layout. The canvas
-(web/layout_codec.js) applies the same rule.
+empty), ref / depth / alpha null. `prompt` stays as an extra key of the layout; other keys (`seed`)
+are dropped. The canvas (web/layout_codec.js) applies the same rule (tests/fixtures/instanceassemble).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def from_instanceassemble(doc: dict[str, Any]) -> dict[str, Any]:
             raise LayoutError(f"{where}.bbox: empty box {list(bbox)}; need x2 > x1 and y2 > y1 (pixel xyxy)")
         box = [min(1.0, max(0.0, v / s)) for v, s in ((x1, width), (y1, height), (x2, width), (y2, height))]
         instances.append({"box": box, "ref": None, "caption": _text(anno, where), "depth": None, "alpha": None})
-    extra = {k: v for k, v in doc.items() if k not in ("annos", "width", "height")}
+    extra = {"prompt": doc["prompt"]} if "prompt" in doc else {}
     return {**extra, "version": 1, "width": width, "height": height, "instances": instances}
 
 
