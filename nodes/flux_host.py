@@ -9,7 +9,10 @@
   `apply_to_uncond`; such rows, steps outside the windows and any call without the
   context run ComfyUI's `original_block`.
 - The adapter lives in a ComfyUI model patcher returned by `.models()`, so ComfyUI
-  loads/offloads it with the model.
+  loads/offloads it with the model; so does a converted XVerse adapter.
+- XVerse needs, per model call, the conditioning at t = 0, the packed latents before `img_in`
+  and the timestep: a DIFFUSION_MODEL wrapper computes them from the call's own inputs with the
+  model's own embedders and hands them to the session.
 
 Axis letters: b batch, L text tokens, N image tokens, D width.
 """
@@ -26,7 +29,7 @@ from refcomp_core.blocks import run_double, run_single
 from refcomp_core.controls import Controls
 from refcomp_core.geometry import TokenGrid
 from refcomp_core.layout import Layout
-from refcomp_core.session import RefCompSession
+from refcomp_core.session import RefCompSession, XVerseRun
 from refcomp_core.state import CompositionState, InstanceFeatures, build_state
 
 from .flux_views import (ComfyFluxDims, canonical_rope, double_view, flux_dims, row_flags, schedule_step,
@@ -39,6 +42,15 @@ WRAPPER_KEY = "refcomp"
 
 
 @dataclass
+class XVerseApply:
+    """An XVerse composition for one MODEL: the run (state, LoRA views, preset) and the ComfyUI model
+    patcher that holds the XVerse adapter."""
+
+    run: XVerseRun
+    patcher: Any
+
+
+@dataclass
 class CallContext:
     """What one model call tells the block patches."""
 
@@ -48,12 +60,13 @@ class CallContext:
 
 
 class FluxComposition:
-    """One RefComp composition bound to one FLUX model: adapter patcher, layout, features, controls."""
+    """One composition bound to one FLUX model: the RefComp adapter patcher (or None: XVerse only),
+    layout, features, controls, and optionally XVerse."""
 
-    def __init__(self, adapter_patcher: Any, layout: Layout, features: InstanceFeatures, controls: Controls,
-                 dims: ComfyFluxDims) -> None:
+    def __init__(self, adapter_patcher: Any | None, layout: Layout, features: InstanceFeatures, controls: Controls,
+                 dims: ComfyFluxDims, xverse: XVerseApply | None = None) -> None:
         self.uid = uuid.uuid4().hex
-        self.adapter_patcher = adapter_patcher
+        self.adapter_patcher, self.xverse = adapter_patcher, xverse
         self.layout, self.features, self.controls, self.dims = layout, features, controls, dims
         self._states: dict[tuple[str, torch.dtype], CompositionState] = {}
         self._centres: dict = {}
@@ -61,11 +74,11 @@ class FluxComposition:
 
     @property
     def adapter(self):
-        return self.adapter_patcher.model.adapter
+        return self.adapter_patcher.model.adapter if self.adapter_patcher is not None else None
 
     # --- ComfyUI patch protocol -------------------------------------------------------------
     def models(self) -> list[Any]:
-        return [self.adapter_patcher]
+        return [p for p in (self.adapter_patcher, self.xverse.patcher if self.xverse else None) if p is not None]
 
     def to(self, device_or_dtype: Any) -> "FluxComposition":
         """ComfyUI calls this with the load device, then the model dtype; the adapter itself
@@ -76,9 +89,11 @@ class FluxComposition:
         return self
 
     # --- per sampling run / per call --------------------------------------------------------
-    def state(self) -> CompositionState:
-        """The step-independent cache, built once per adapter device/dtype."""
+    def state(self) -> CompositionState | None:
+        """The step-independent cache, built once per adapter device/dtype (None without an adapter)."""
         adapter = self.adapter
+        if adapter is None:
+            return None
         key = (str(adapter.device), adapter.dtype)
         if key not in self._states:
             with torch.no_grad():
@@ -96,6 +111,7 @@ class FluxComposition:
         session = RefCompSession(self.adapter, [state if f else None for f in flags], self.controls,
                                  axes_dim=self.dims.axes_dim, theta=self.dims.theta, progress=progress,
                                  step=step[0] if step else None, num_steps=step[1] if step else None,
+                                 xverse=self.xverse.run if self.xverse else None, xverse_rows=flags,
                                  _centres=self._centres)
         return CallContext(owner=self.uid, session=session,
                            grid=token_grid(x.shape[-2], x.shape[-1], self.dims.patch_size))
@@ -107,6 +123,23 @@ class FluxComposition:
         options = dict(transformer_options)
         options[CONTEXT_KEY] = self.context(x, t, options, getattr(sampling, "percent_to_sigma", None))
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+    def diffusion_model_wrapper(self, executor: Any, x: torch.Tensor, timestep: torch.Tensor, context: Any,
+                                y: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
+                                ref_latents: Any = None, control: Any = None, transformer_options: dict | None = None,
+                                **kwargs: Any) -> torch.Tensor:
+        """WrappersMP.DIFFUSION_MODEL: XVerse's per-call inputs, from exactly what FLUX's forward receives."""
+        options = transformer_options or {}
+        ctx = options.get(CONTEXT_KEY)
+        if self.xverse is not None and ctx is not None and ctx.owner == self.uid:
+            dm = executor.class_obj
+            latents = dm.process_img(x, transformer_options=options)[0]                  # (b, N, C p p)
+            schedule = options.get("sample_sigmas")
+            ctx.session.begin_forward(cond_vec=t0_conditioning(dm, timestep, y, guidance, latents.dtype),
+                                      timestep=float(timestep.flatten()[0]), latents=latents,
+                                      t0=float(schedule[0]) if torch.is_tensor(schedule) and schedule.numel() else None)
+            self.xverse.run.embed = dm.img_in
+        return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -124,6 +157,22 @@ class FluxComposition:
                                    "support; those calls run vanilla FLUX")
             return None
         return ctx
+
+
+def t0_conditioning(dm: Any, timestep: torch.Tensor, y: torch.Tensor | None, guidance: torch.Tensor | None,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """FLUX's `vec` for this call with the timestep set to 0 (XVerse's reference modulation), built as
+    `forward_orig` builds it.  -> (b, D)"""
+    from comfy.ldm.flux.layers import timestep_embedding
+
+    vec = dm.time_in(timestep_embedding(timestep * 0, 256).to(dtype))
+    if dm.params.guidance_embed and guidance is not None:
+        vec = vec + dm.guidance_in(timestep_embedding(guidance, 256).to(dtype))
+    if dm.vector_in is not None:
+        if y is None:
+            y = torch.zeros((vec.shape[0], dm.params.vec_in_dim), device=vec.device, dtype=dtype)
+        vec = vec + dm.vector_in(y[:, :dm.params.vec_in_dim])
+    return vec
 
 
 class UnetWrapper:

@@ -80,6 +80,8 @@ def load_refcomp_model(name: str, dtype: str = "auto") -> RefCompModel:
     path = folder_paths.get_full_path_or_raise(FOLDER, name)
     bar = progress_bar(2)
     load_device, offload = mm.get_torch_device(), mm.unet_offload_device()
+    if is_xverse_file(path):
+        return load_xverse_model(path, name, DTYPES[dtype] or auto_dtype(load_device))
     adapter, info = load_adapter(path, device=offload, dtype=DTYPES[dtype] or auto_dtype(load_device))
     adapter.eval().requires_grad_(False)
     bar(1, 2)
@@ -87,6 +89,33 @@ def load_refcomp_model(name: str, dtype: str = "auto") -> RefCompModel:
     bar(2, 2)
     log.info("RefComp: loaded %s (stage %s, step %s, hidden %d)", name, info.stage, info.step, info.config.hidden_size)
     return RefCompModel(patcher=patcher, info=info, name=name)
+
+
+def is_xverse_file(path: str) -> bool:
+    """A safetensors file written by `refcomp convert xverse` (its metadata says kind "xverse")."""
+    from refcomp_core.checkpoint import read_header
+
+    meta = read_header(path).get("__metadata__") or {}
+    return isinstance(meta, dict) and meta.get("kind") == "xverse"
+
+
+def load_xverse_model(path: str, name: str, dtype: torch.dtype) -> RefCompModel:
+    """A converted XVerse file: its LoRA and its T-Mod adapter in two ComfyUI model patchers, so the adapter
+    (only needed once per composition) can be offloaded while the LoRA samples."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    from refcomp_core.released.xverse import load_xverse
+
+    adapter, info = load_xverse(path, device=mm.unet_offload_device(), dtype=dtype)
+
+    def patcher(module: torch.nn.Module):
+        return comfy.model_patcher.CoreModelPatcher(AdapterHolder(module), load_device=mm.get_torch_device(),
+                                                    offload_device=mm.unet_offload_device())
+
+    resampler = torch.nn.ModuleDict({"net": adapter.net, "net2": adapter.net2})
+    log.info("RefComp: loaded XVerse %s (%s)", name, (info.source or {}).get("method", "converted"))
+    return RefCompModel(patcher=patcher(adapter.lora), info=info, name=name, kind="xverse", xverse=adapter,
+                        resampler=patcher(resampler))
 
 
 def predict_alphas(adapter, layout: Layout, features: InstanceFeatures) -> torch.Tensor:

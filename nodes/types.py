@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from refcomp_core.checkpoint import CheckpointInfo
 from refcomp_core.layout import Layout
 from refcomp_core.state import InstanceFeatures
 
@@ -14,18 +13,29 @@ MODEL_TYPE = "REFCOMP_MODEL"
 REFERENCES_TYPE = "REFCOMP_REFERENCES"
 LAYOUT_TYPE = "REFCOMP_LAYOUT"
 INSTANCES_TYPE = "REFCOMP_INSTANCES"
+XVERSE_TYPE = "REFCOMP_XVERSE"
 
 
 @dataclass
 class RefCompModel:
-    """A loaded adapter: `patcher.model.adapter` is the RefCompAdapter, held by a ComfyUI model patcher."""
+    """A loaded file. kind "refcomp": `patcher.model.adapter` is the RefCompAdapter (a RefComp checkpoint or
+    converted InstanceAssemble weights). kind "xverse": converted XVerse weights; `xverse` is the
+    XVerseAdapter, `patcher` holds its LoRA (needed while sampling) and `resampler` its T-Mod adapter (needed
+    once per composition, then ComfyUI may offload it)."""
 
     patcher: Any
-    info: CheckpointInfo
+    info: Any
     name: str
+    kind: str = "refcomp"
+    xverse: Any = None
+    resampler: Any = None
 
     @property
     def adapter(self):
+        if self.kind != "refcomp":
+            from refcomp_core.errors import RefCompError
+            raise RefCompError(f"{self.name} is an XVerse file: connect it to XVerse Encode's xverse_model, not to a "
+                               "refcomp_model input")
         return self.patcher.model.adapter
 
 
@@ -50,3 +60,11 @@ class RefCompInstances:
 
     def with_layout(self, layout: Layout) -> "RefCompInstances":
         return replace(self, layout=layout)
+
+
+@dataclass
+class XVerseBundle:
+    """XVerse Encode's output: the loaded XVerse model and the prepared references (nodes.xverse_inputs)."""
+
+    model: Any
+    inputs: Any

@@ -8,8 +8,12 @@ from refcomp_core.controls import Controls
 from .encoding import check_widths, encode_instances
 from .flux_apply import apply_refcomp
 from .layout_tools import ALPHA_MODES, depth_alphas, depth_values, parse_overrides, resolved_alphas, set_alphas
+from .model_check import check_box_count
 from .runtime import predict_alphas, progress_bar
+from .types import XVERSE_TYPE
 from .v3_inputs import CATEGORY, InstancesIO, LayoutIO, RefCompModelIO, ReferencesIO
+
+XVerseIO = io.Custom(XVERSE_TYPE)
 
 
 class RefCompInstanceEncode(io.ComfyNode):
@@ -31,13 +35,19 @@ class RefCompInstanceEncode(io.ComfyNode):
                                     tooltip="DINOv2-L through Load CLIP Vision (dino2 large): FG identity"),
                 io.Clip.Input("clip", optional=True,
                               tooltip="The FLUX CLIP (clip_l + t5xxl); only the CLIP-L pooled caption embed is used"),
+                RefCompModelIO.Input("refcomp_model", optional=True,
+                                     tooltip="Optional: the adapter. Connected, it loads (and is checked against its "
+                                             "FLUX model) before any encoder runs, and the box count is checked"),
             ],
             outputs=[InstancesIO.Output("instances", tooltip="Layout plus encoder features")])
 
     @classmethod
-    def execute(cls, layout, references=None, clip_vision=None, dino=None, clip=None) -> io.NodeOutput:
+    def execute(cls, layout, references=None, clip_vision=None, dino=None, clip=None,
+                refcomp_model=None) -> io.NodeOutput:
         from .types import RefCompInstances
 
+        if refcomp_model is not None:
+            check_box_count(layout, refcomp_model.adapter.config)
         total = (len(references) if references is not None else 0) * 2 + len(layout.instances)
         features = encode_instances(layout, references, clip_vision, dino, clip, progress_bar(total))
         return io.NodeOutput(RefCompInstances(layout=layout, features=features,
@@ -97,13 +107,17 @@ class RefCompApplyFLUX(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="RefCompApplyFLUX", display_name="Apply Composition (FLUX)", category=CATEGORY,
-            description="Patches a FLUX.1 MODEL so it composes the instances: layout pathway (Assemble-Attn) inside "
-                        "the layout window, identity modulation inside the modulation window. Windows are start/end "
-                        "percent of the schedule, as for ControlNet.",
+            description="Patches a FLUX.1 MODEL so it composes the instances: layout pathway (Assemble-Attn, or "
+                        "InstanceAssemble's released weights) inside the layout window, identity modulation inside "
+                        "the modulation window; with XVerse Encode's output also XVerse's released identity pathway "
+                        "on the identity boxes. Windows are start/end percent of the schedule, as for ControlNet.",
             inputs=[
                 io.Model.Input("model", tooltip="A FLUX.1 model (dev, schnell or Kontext)"),
-                RefCompModelIO.Input("refcomp_model", tooltip="The adapter from Load RefComp Model"),
-                InstancesIO.Input("instances", tooltip="Instances from Instance Encode or Alpha Predictor"),
+                RefCompModelIO.Input("refcomp_model", optional=True,
+                                     tooltip="The adapter from Load RefComp Model (a RefComp checkpoint or converted "
+                                             "InstanceAssemble weights); optional with xverse"),
+                InstancesIO.Input("instances", optional=True,
+                                  tooltip="Instances from Instance Encode or Alpha Predictor (with refcomp_model)"),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01,
                                tooltip="Scales every offset and the layout output; 0 = off"),
                 io.Float.Input("layout_start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
@@ -118,17 +132,36 @@ class RefCompApplyFLUX(io.ComfyNode):
                                  tooltip="Also compose the negative/unconditioned pass (off: only the positive)"),
                 io.Float.Input("mask_margin", default=1.0, min=0.0, max=16.0, step=0.1,
                                tooltip="Soft margin (tokens) of FG modulation masks; 0 = hard boxes"),
+                XVerseIO.Input("xverse", optional=True,
+                               tooltip="XVerse Encode's identity references (released XVerse weights): the identity "
+                                       "boxes keep their reference's identity"),
             ],
             outputs=[io.Model.Output("model", tooltip="The patched FLUX model")])
 
     @classmethod
-    def execute(cls, model, refcomp_model, instances, strength: float = 1.0, layout_start_percent: float = 0.0,
-                layout_end_percent: float = 0.3, modulation_start_percent: float = 0.0,
-                modulation_end_percent: float = 1.0, apply_to_uncond: bool = False,
-                mask_margin: float = 1.0) -> io.NodeOutput:
+    def execute(cls, model, refcomp_model=None, instances=None, strength: float = 1.0,
+                layout_start_percent: float = 0.0, layout_end_percent: float = 0.3,
+                modulation_start_percent: float = 0.0, modulation_end_percent: float = 1.0,
+                apply_to_uncond: bool = False, mask_margin: float = 1.0, xverse=None) -> io.NodeOutput:
+        from refcomp_core.errors import RefCompError
+        from refcomp_core.layout import Layout
+        from refcomp_core.state import InstanceFeatures
+
+        from .flux_apply import xverse_apply
+
         controls = Controls(strength=strength, layout_window=(layout_start_percent, layout_end_percent),
                             modulation_window=(modulation_start_percent, modulation_end_percent),
                             apply_to_uncond=apply_to_uncond, mask_margin=mask_margin)
-        check_widths(instances.features, refcomp_model.adapter.config)
-        return io.NodeOutput(apply_refcomp(model, refcomp_model.patcher, instances.layout, instances.features,
-                                           controls))
+        if refcomp_model is None and xverse is None:
+            raise RefCompError("Apply Composition (FLUX): connect refcomp_model + instances (layout), xverse "
+                               "(XVerse Encode), or both")
+        if refcomp_model is not None and instances is None:
+            raise RefCompError("Apply Composition (FLUX): refcomp_model needs the instances input; connect Instance "
+                               "Encode")
+        layout = instances.layout if instances is not None else Layout(width=16, height=16, instances=())
+        features = instances.features if instances is not None else InstanceFeatures()
+        if refcomp_model is not None:
+            check_widths(features, refcomp_model.adapter.config)
+        xv = xverse_apply(model, xverse) if xverse is not None else None
+        return io.NodeOutput(apply_refcomp(model, refcomp_model.patcher if refcomp_model is not None else None,
+                                           layout, features, controls, xverse=xv))

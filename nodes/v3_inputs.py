@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from . import reference_preview
 from . import references as refs
 from .layout_tools import blank_canvas, draw_preview, empty_layout_json, parse_canvas, resolved_alphas
+from .model_check import check_adapter_for_model, check_xverse_for_model
 from .runtime import DTYPES, checkpoint_names, load_refcomp_model, predict_alphas, progress_bar
 from .types import INSTANCES_TYPE, LAYOUT_TYPE, MODEL_TYPE, REFERENCES_TYPE
 
@@ -22,18 +24,27 @@ class RefCompLoader(io.ComfyNode):
         return io.Schema(
             node_id="RefCompLoader", display_name="Load RefComp Model", category=f"{CATEGORY}/loaders",
             description="Loads a RefComp adapter checkpoint (.safetensors) from models/refcomp/ "
-                        "(extra_model_paths.yaml 'refcomp:' entries work too).",
+                        "(extra_model_paths.yaml 'refcomp:' entries work too): a RefComp checkpoint, or the "
+                        "released InstanceAssemble or XVerse weights converted with `refcomp convert`.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=checkpoint_names(),
                                tooltip="RefComp checkpoint in models/refcomp/; it must be trained for your FLUX model"),
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="Adapter weight dtype; auto = bf16 on GPUs that support it, else fp32"),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional: the FLUX model this adapter is for. Connected, a checkpoint for "
+                                       "another model is refused here, before any encoder runs"),
             ],
             outputs=[RefCompModelIO.Output("refcomp_model", tooltip="The RefComp adapter")])
 
     @classmethod
-    def execute(cls, ckpt_name: str, dtype: str = "auto") -> io.NodeOutput:
-        return io.NodeOutput(load_refcomp_model(ckpt_name, dtype))
+    def execute(cls, ckpt_name: str, dtype: str = "auto", model=None) -> io.NodeOutput:
+        loaded = load_refcomp_model(ckpt_name, dtype)
+        if model is not None and loaded.kind == "xverse":
+            check_xverse_for_model(loaded.info.config, model)
+        elif model is not None:
+            check_adapter_for_model(loaded.adapter.config, model)
+        return io.NodeOutput(loaded)
 
 
 class RefCompLoadReferenceSet(io.ComfyNode):
@@ -79,7 +90,8 @@ class RefCompLayoutCanvas(io.ComfyNode):
         return io.Schema(
             node_id="RefCompLayoutCanvas", display_name="Layout Canvas", category=CATEGORY,
             description="Draw boxes for references and captions on a canvas; outputs the layout (layout v1 JSON "
-                        "in the hidden layout_json input, normalized boxes).",
+                        "in the hidden layout_json input, normalized boxes). Each box shows its reference image: "
+                        "from the connected Load Reference Set's folder at once, from the set itself after a run.",
             inputs=[
                 io.String.Input("layout_json", multiline=True, default=empty_layout_json(),
                                 tooltip="Layout v1 JSON written by the canvas; edit the boxes on the canvas"),
@@ -88,9 +100,11 @@ class RefCompLayoutCanvas(io.ComfyNode):
                 io.Int.Input("height", default=1024, min=16, max=8192, step=16,
                              tooltip="Canvas height in pixels (set it to the image height you will generate)"),
                 io.Int.Input("num_refs", default=0, min=0, max=1000,
-                             tooltip="Size of the reference set, to check box refs; 0 = check later"),
+                             tooltip="Size of the reference set, to check box refs when no reference set is "
+                                     "connected; 0 = check later"),
                 ReferencesIO.Input("references", optional=True,
-                                   tooltip="Optional: the reference set, to check box refs against it"),
+                                   tooltip="Optional: the reference set; box refs are checked against it and the "
+                                           "canvas shows its images in the boxes"),
                 io.Image.Input("background", optional=True,
                                tooltip="Optional image shown behind the boxes in the editor (display only)"),
             ],
@@ -100,7 +114,13 @@ class RefCompLayoutCanvas(io.ComfyNode):
     def execute(cls, layout_json: str, width: int = 1024, height: int = 1024, num_refs: int = 0,
                 references=None, background=None) -> io.NodeOutput:
         count = len(references) if references is not None else (num_refs or None)
-        return io.NodeOutput(parse_canvas(layout_json, width, height, count))
+        layout = parse_canvas(layout_json, width, height, count)
+        if references is None:
+            return io.NodeOutput(layout)
+        import folder_paths
+
+        thumbs = reference_preview.set_thumbnails(references, folder_paths.get_temp_directory())
+        return io.NodeOutput(layout, ui={reference_preview.UI_KEY: thumbs})
 
 
 class RefCompLayoutPreview(io.ComfyNode):

@@ -42,7 +42,8 @@ MAX_IDENTITY_REFS = 8       # XVerse's reference position ids are exact up to 16
 @dataclass
 class XVerseModels:
     """A converted XVerse file, loaded. The adapter's resamplers stay on the CPU between runs (they run
-    once per run, on the pipeline's device, then go back); the LoRA sets live on the device."""
+    once per run, on the pipeline's device, then go back); its LoRA lives on the device, and `loras` are
+    views of it by block and site."""
 
     adapter: XVerseAdapter
     info: XVerseInfo
@@ -67,9 +68,9 @@ def load_xverse_models(path: str | os.PathLike, *, pipe: Any, clip: Any, device:
         adapter, info = load_xverse(path, device="cpu", dtype=dtype)
     except CheckpointError as err:
         raise CheckpointError(f"--xverse: {err}") from None
-    loras = adapter_loras(adapter, device=device, dtype=dtype)
-    adapter.lora = torch.nn.Module()           # the sets above hold the LoRA now; free the file's copy
-    log.info("XVerse %s: adapter %s parameters (width %d / %d), LoRA on %d sites", os.fspath(path),
+    adapter.lora.to(device)
+    loras = adapter_loras(adapter)
+    log.info("XVerse %s: %s parameters (resamplers of width %d / %d, LoRA on %d sites)", os.fspath(path),
              f"{sum(p.numel() for p in adapter.parameters()):,}", info.config.width, info.config.pblock_width,
              len(info.config.lora))
     return XVerseModels(adapter=adapter, info=info, loras=loras, path=os.fspath(path))
@@ -195,7 +196,7 @@ def build_xverse_run(xv: XVerseModels, encoders: Any, pipe: Any, layout: Layout,
     xv.adapter.net2.to(device)
     try:
         run = build_run(xv.adapter, refs, binding, settings, axes_dim=dims.axes_dim, theta=dims.theta,
-                        num_double_blocks=dims.num_double_blocks, loras=xv.loras, confine=mask, device=device)
+                        num_double_blocks=dims.num_double_blocks, loras=xv.loras, confine=mask)
     finally:
         xv.adapter.net.to("cpu")                # offloaded: the offsets are computed once per run
         xv.adapter.net2.to("cpu")

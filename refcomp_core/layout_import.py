@@ -5,9 +5,10 @@ InstanceAssemble / DenseLayout JSON:
      "annos": [{"bbox": [x1, y1, x2, y2] (pixels), "category_name": "chair", "caption": "a big red chair"}]}
 maps to one instance per anno, in order: box = bbox / (W, H) clamped to [0, 1], caption =
 "category, caption" (InstanceAssemble's own instance text; just one of them when the other is
-empty), ref / depth / alpha null. `prompt` (text or null) and `seed` stay as extra keys of the layout.
-The canvas (web/layout_codec.js) applies the same rule. Every value is checked (`finite_float`), so a
-hostile document gives a LayoutError naming the field, never a raw Python exception.
+empty), ref / depth / alpha null. `prompt` stays as an extra key of the layout; other keys (`seed`)
+are dropped. The canvas (web/layout_codec.js) applies the same rule (tests/fixtures/instanceassemble).
+Every value is checked (`finite_float`; the prompt must be text here), so a hostile document gives a
+LayoutError naming the field, never a raw Python exception.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def from_instanceassemble(doc: dict[str, Any]) -> dict[str, Any]:
     prompt = doc.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise LayoutError(f"InstanceAssemble layout: prompt must be text (or absent), got {show(prompt)}")
-    extra = {k: v for k, v in doc.items() if k not in ("annos", "width", "height")}
+    extra = {"prompt": prompt} if "prompt" in doc else {}
     return {**extra, "version": 1, "width": width, "height": height, "instances": instances}
 
 

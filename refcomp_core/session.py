@@ -39,6 +39,14 @@ class XVerseRun:
     scales: XVerseScales = field(default_factory=XVerseScales)
     vae_skip: str = VAE_SKIP
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None
+    _on: dict = field(default_factory=dict, repr=False)
+
+    def state_on(self, device: torch.device) -> XVerseState:
+        """The state on `device`, moved once per device."""
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = self.state.to(device)
+        return self._on[key]
 
     def refs_on(self, t: float | None, t0: float | None) -> bool:
         """XVerse's VAE-skip rule on the timestep value (window a-b: (1-b) t0 <= t <= (1-a) t0)."""
@@ -128,15 +136,15 @@ class RefCompSession:
             key = RowKey(key, False)
         out = self._refcomp_pathways(key.state, grid, block, rows, device, double=double)
         if key.xverse:
-            out.append(self._xverse_pathway(block, rows, double=double))
+            out.append(self._xverse_pathway(block, rows, device, double=double))
         return out
 
-    def _xverse_pathway(self, block: int, rows: Rows, *, double: bool) -> Pathway:
+    def _xverse_pathway(self, block: int, rows: Rows, device: torch.device, *, double: bool) -> Pathway:
         xv = self.xverse
         refs_on = self.cond_vec is not None and xv.refs_on(self.timestep, self.t0)
         cond = self.cond_vec[rows[0]:rows[1]] if self.cond_vec is not None else None
         order = block if double else len(self.xverse.state.delta_block) + block
-        common = dict(state=xv.state, loras=xv.loras, block=block, scales=xv.scales, refs_on=refs_on, cond_vec=cond,
+        common = dict(state=xv.state_on(device), loras=xv.loras, block=block, scales=xv.scales, refs_on=refs_on, cond_vec=cond,
                       r_in=self._latest(rows, "xverse_r", order), store_r=self._store(rows, "xverse_r", order + 1))
         if double:
             latents = self.latents[rows[0]:rows[1]] if (self.latents is not None and block == 0) else None

@@ -1,20 +1,27 @@
-// Canvas drawing and pointer/keyboard handling for the RefComp layout editor.
-// Needs a DOM but not ComfyUI. All geometry goes through LayoutState
-// (layout_state.js); this file only converts screen px <-> image px and paints.
+// The canvas of the RefComp layout editor: pointer and keyboard handling, hover tooltip, the
+// empty-canvas hint, paste / copy / drop of layout JSON. Needs a DOM but not ComfyUI. All
+// geometry goes through LayoutState; painting is canvas_paint.js.
+//
+// Keyboard: the canvas itself never takes focus. A visually hidden, read-only <input> (the
+// "key sink") does, on every press. Hosts treat keys typed into an INPUT as that input's own:
+// ComfyUI's workflow undo (Ctrl+Z, which listens on window in the capture phase, before any
+// handler here) and its shortcuts skip them. Handled keys also stop propagating.
 
-import { TOKEN_PX, fitView, imageToScreen, screenToImage } from "./layout_state.js";
+import { boxLabel, paintLayout } from "./canvas_paint.js";
+import { fitView, imageToScreen, screenToImage } from "./layout_geometry.js";
 
-/** Box colours by depth. */
-export const DEPTH_COLORS = Object.freeze({ fg: "#ff7a45", mg: "#52c41a", bg: "#4096ff", none: "#bfbfbf" });
+export { DEPTH_COLORS } from "./canvas_paint.js";
 
 const CURSORS = { n: "ns-resize", s: "ns-resize", e: "ew-resize", w: "ew-resize",
   ne: "nesw-resize", sw: "nesw-resize", nw: "nwse-resize", se: "nwse-resize" };
-const HANDLE_PX = 7;
+export const HINT = "Drag to draw a box · Shift+drag or “draw” mode draws over boxes · click again to pick the box "
+  + "below · Ctrl+V pastes a layout";
 
 /**
  * @typedef {import("./layout_state.js").LayoutState} LayoutState
  * @typedef {import("./layout_state.js").Point} Point
  * @typedef {(state: LayoutState, reason: string) => void} ChangeFn
+ * @typedef {{get: (i: any) => any, name: (i: any) => string|null, subscribe: (fn: () => void) => () => void}} Images
  */
 
 export class LayoutCanvasView {
@@ -22,29 +29,36 @@ export class LayoutCanvasView {
    * @param {HTMLElement} containerEl the canvas fills it
    * @param {LayoutState} state
    * @param {ChangeFn} [onChange] called after every state change (and after the redraw)
-   * @param {{padding?: number, handleTolPx?: number, dragThresholdPx?: number}} [opts] screen px
+   * @param {{padding?: number, handleTolPx?: number, dragThresholdPx?: number, images?: Images|null,
+   *          onCommit?: () => void, onImport?: (text: string) => void}} [opts]
+   *   screen px; onCommit: an edit is finished (a gesture or a key); onImport: pasted/dropped text
    */
-  constructor(containerEl, state, onChange, { padding = 8, handleTolPx = 6, dragThresholdPx = 3 } = {}) {
-    this.container = containerEl;
-    this.state = state;
-    this.onChange = onChange;
-    this.padding = padding;
-    this.handleTolPx = handleTolPx;
-    this.dragThresholdPx = dragThresholdPx;
+  constructor(containerEl, state, onChange, { padding = 8, handleTolPx = 6, dragThresholdPx = 3, images = null,
+    onCommit, onImport } = {}) {
+    Object.assign(this, { container: containerEl, state, onChange, padding, handleTolPx, dragThresholdPx, images });
+    this.onCommit = onCommit;
+    this.onImport = onImport;
     const doc = containerEl.ownerDocument;
-    this.canvas = doc.createElement("canvas");
-    this.canvas.tabIndex = 0;
-    this.canvas.className = "refcomp-canvas";
-    Object.assign(this.canvas.style, { display: "block", width: "100%", height: "100%", outline: "none",
-      touchAction: "none", cursor: "crosshair" });
-    containerEl.appendChild(this.canvas);
+    const mk = (tag, cls, style) => styled(doc.createElement(tag), cls, style);
+    this.canvas = mk("canvas", "refcomp-canvas", { display: "block", width: "100%", height: "100%", outline: "none",
+      touchAction: "none", cursor: "crosshair", position: "absolute", left: "0", top: "0" });
+    this.keys = mk("input", "refcomp-keys", { position: "absolute", left: "0", top: "0", width: "1px", height: "1px",
+      opacity: "0", pointerEvents: "none", border: "0", padding: "0" });
+    Object.assign(this.keys, { readOnly: true, tabIndex: 0, ariaLabel: "Layout canvas (keyboard)" });
+    this.hint = mk("div", "refcomp-hint", { position: "absolute", left: "12%", right: "12%", top: "42%",
+      textAlign: "center", color: "#aaa", font: "12px sans-serif", pointerEvents: "none", lineHeight: "1.5" });
+    this.hint.textContent = HINT;
+    this.tooltip = mk("div", "refcomp-tooltip", { position: "absolute", display: "none", maxWidth: "70%", zIndex: "5",
+      background: "rgba(20,20,20,0.95)", color: "#eee", border: "1px solid #666", borderRadius: "4px",
+      padding: "4px 6px", font: "12px sans-serif", pointerEvents: "none", whiteSpace: "pre-wrap" });
+    containerEl.append(this.canvas, this.keys, this.hint, this.tooltip);
     this.ctx = /** @type {CanvasRenderingContext2D} */ (this.canvas.getContext("2d"));
     /** Where the image is drawn, in canvas CSS px. */
     this.view = { x: 0, y: 0, width: 1, height: 1 };
     /** @type {HTMLImageElement|null} */ this.background = null;
     this._message = "";
     this._messageTimer = 0;
-    /** @type {{x: number, y: number, moved: boolean}|null} */ this._press = null;
+    /** @type {{x: number, y: number, p: Point, moved: boolean, target: any}|null} */ this._press = null;
 
     /** @type {[EventTarget, string, EventListener][]} */
     this._listeners = [];
@@ -57,8 +71,14 @@ export class LayoutCanvasView {
     on(this.canvas, "pointermove", this._onMove);
     on(this.canvas, "pointerup", this._onUp);
     on(this.canvas, "pointercancel", this._onCancel);
-    on(this.canvas, "keydown", this._onKey);
+    on(this.canvas, "pointerleave", () => this._showTip(null));
     on(this.canvas, "contextmenu", (e) => e.preventDefault());
+    on(this.canvas, "refcomp-redraw", () => this.draw());
+    on(this.keys, "keydown", this.handleKey);
+    on(this.keys, "paste", this._onPaste);
+    on(this.keys, "copy", this._onCopy);
+    on(containerEl, "dragover", (e) => { if (e.dataTransfer?.types.includes("Files")) e.preventDefault(); });
+    on(containerEl, "drop", this._onDrop);
     const win = doc.defaultView;
     this._resizeObserver = win && "ResizeObserver" in win ? new win.ResizeObserver(() => this.resize()) : null;
     this._resizeObserver?.observe(containerEl);
@@ -67,17 +87,24 @@ export class LayoutCanvasView {
       this.draw();
       this.onChange?.(state, reason);
     });
+    this._unImages = images?.subscribe(() => this.draw()) ?? (() => {});
     this.resize();
   }
 
-  /** Remove every listener and the canvas. */
+  /** Remove every listener and element. */
   destroy() {
     for (const [t, type, fn] of this._listeners) t.removeEventListener(type, fn);
     this._listeners = [];
     this._resizeObserver?.disconnect();
     this._unsubscribe();
+    this._unImages();
     clearTimeout(this._messageTimer);
-    this.canvas.remove();
+    for (const el of [this.canvas, this.keys, this.hint, this.tooltip]) el.remove();
+  }
+
+  /** Give the editor keyboard focus (the key sink). */
+  focus() {
+    this.keys.focus({ preventScroll: true });
   }
 
   /**
@@ -85,7 +112,7 @@ export class LayoutCanvasView {
    * @param {string|null} url
    */
   setBackground(url) {
-    if (!url) { this.background = null; this.draw(); return; }
+    if (!url) { if (this.background) { this.background = null; this.draw(); } return; }
     if (this.background?.dataset.src === url) return;
     const img = new (this.canvas.ownerDocument.defaultView ?? globalThis).Image();
     img.dataset.src = url;
@@ -94,11 +121,12 @@ export class LayoutCanvasView {
     this.background = img;
   }
 
-  /** Show a short message on the canvas for a moment. @param {string} text */
-  flash(text) {
+  /** Show a short message on the canvas for a moment. @param {string} text @param {number} [ms] */
+  flash(text, ms = 2500) {
     this._message = text;
     clearTimeout(this._messageTimer);
-    this._messageTimer = setTimeout(() => { this._message = ""; this.draw(); }, 2000);
+    this._messageTimer = setTimeout(() => { this._message = ""; this.draw(); }, ms);
+    this.draw();
   }
 
   // ---- coordinates ---------------------------------------------------------
@@ -158,25 +186,26 @@ export class LayoutCanvasView {
     if (e.button !== 0) return;
     e.preventDefault();
     e.stopPropagation();
-    this.canvas.focus();
+    this.focus();
+    this._showTip(null);
     this.canvas.setPointerCapture?.(e.pointerId);
     const s = this.state;
     const p = this.eventToImage(e);
-    const hit = s.hitTest(p, this.handleTolPx * this._imagePerScreen);
-    if (hit) s.beginGesture(hit.handle ? "resize" : "move", p, hit);
-    else {
-      s.select(-1);
+    const inImage = p.x >= 0 && p.y >= 0 && p.x <= s.width && p.y <= s.height;
+    const target = s.pressTarget(p, this.handleTolPx * this._imagePerScreen, { shift: e.shiftKey, inImage });
+    if (target.kind === "draw") {
       s.beginGesture("draw", { x: Math.min(Math.max(p.x, 0), s.width), y: Math.min(Math.max(p.y, 0), s.height) });
+    } else {
+      s.beginGesture(target.kind, p, target);
     }
-    this._press = { x: e.clientX, y: e.clientY, moved: false };
+    this._press = { x: e.clientX, y: e.clientY, p, moved: false, target };
   }
 
   /** @param {PointerEvent} e */
   _onMove(e) {
     const press = this._press;
     if (!press || !this.state.gestureActive) {
-      const hit = this.state.hitTest(this.eventToImage(e), this.handleTolPx * this._imagePerScreen);
-      this.canvas.style.cursor = hit ? (hit.handle ? CURSORS[hit.handle] : "move") : "crosshair";
+      this._hover(e);
       return;
     }
     if (!press.moved && Math.hypot(e.clientX - press.x, e.clientY - press.y) < this.dragThresholdPx) return;
@@ -186,10 +215,17 @@ export class LayoutCanvasView {
 
   /** @param {PointerEvent} e */
   _onUp(e) {
-    if (!this._press) return;
+    const press = this._press;
+    if (!press) return;
     this._press = null;
     this.canvas.releasePointerCapture?.(e.pointerId);
-    this.state.endGesture();
+    const changed = this.state.endGesture();
+    if (!press.moved) {
+      const t = press.target;
+      if (t.kind === "draw") this.state.select(-1);
+      else if (t.kind === "resize" || !t.fresh) this.state.cycleSelect(press.p); // a click never resizes
+    }
+    if (changed) this.onCommit?.();
   }
 
   _onCancel() {
@@ -197,14 +233,39 @@ export class LayoutCanvasView {
     this.state.cancelGesture();
   }
 
-  // ---- keyboard ---------------------------------------------------------------
+  /** Cursor and tooltip for the pointer hovering at `e`. @param {PointerEvent} e */
+  _hover(e) {
+    const s = this.state;
+    const p = this.eventToImage(e);
+    const inImage = p.x >= 0 && p.y >= 0 && p.x <= s.width && p.y <= s.height;
+    const t = s.pressTarget(p, this.handleTolPx * this._imagePerScreen, { shift: e.shiftKey, inImage });
+    this.canvas.style.cursor = t.kind === "resize" ? CURSORS[/** @type {keyof CURSORS} */ (t.handle)]
+      : t.kind === "move" ? "move" : "crosshair";
+    const top = inImage ? s.boxesAt(p)[0] : undefined;
+    this._showTip(top === undefined ? null : top, this.eventToCanvas(e));
+  }
 
-  /** @param {KeyboardEvent} e */
-  _onKey(e) {
-    if (this._handleKey(e)) {
-      e.preventDefault();
-      e.stopPropagation();
-    }
+  /** Tooltip with box `i`'s full label and caption near canvas point `at`, or hide it. */
+  _showTip(i, at = { x: 0, y: 0 }) {
+    const inst = i === null ? null : this.state.instances[i];
+    if (!inst) { this.tooltip.style.display = "none"; return; }
+    const file = this.images?.name(inst.ref);
+    const head = boxLabel({ ...inst, caption: "" }, /** @type {number} */ (i)) + (file ? ` (${file})` : "");
+    this.tooltip.textContent = inst.caption ? `${head}\n${inst.caption}` : head;
+    const w = this.canvas.clientWidth;
+    Object.assign(this.tooltip.style, { display: "block", top: `${Math.min(at.y + 16, this.canvas.clientHeight - 40)}px`,
+      left: at.x > w / 2 ? "" : `${at.x + 12}px`, right: at.x > w / 2 ? `${w - at.x + 12}px` : "" });
+  }
+
+  // ---- keyboard, clipboard, drop ---------------------------------------------------
+
+  /** A key pressed in the canvas (or on a button of its toolbar). @param {KeyboardEvent} e */
+  handleKey(e) {
+    const before = this.state.serialize();
+    if (!this._handleKey(e)) return;
+    e.preventDefault();
+    e.stopPropagation();
+    if (this.state.serialize() !== before) this.onCommit?.();
   }
 
   /** @param {KeyboardEvent} e @returns {boolean} handled */
@@ -213,19 +274,46 @@ export class LayoutCanvasView {
     const mod = e.ctrlKey || e.metaKey;
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     if (key === "Escape") {
-      if (s.gestureActive) { this._press = null; s.cancelGesture(); } else s.select(-1);
-      return true;
+      if (s.gestureActive) { this._press = null; s.cancelGesture(); return true; }
+      if (s.selected >= 0) { s.select(-1); return true; }
+      return false; // lets a surrounding dialog close
     }
     if (s.gestureActive) return false;
     if (mod && key === "z") return e.shiftKey ? s.redo() || true : s.undo() || true;
     if (mod && key === "y") return s.redo() || true;
     if (mod && key === "d") { s.duplicate(s.selected); return true; }
-    if (mod) return false;
+    if (mod || e.altKey) return false;
+    if (key === "b") { s.setDrawMode(!s.drawMode); return true; }
     if (key === "Delete" || key === "Backspace") { s.remove(s.selected); return true; }
-    if (key.startsWith("Arrow")) return s.nudge(key, e.shiftKey);
+    if (key.startsWith("Arrow")) return s.nudge(key, e.shiftKey) || s.selected < 0;
     if (e.code === "BracketRight") { (e.shiftKey ? s.bringToFront(s.selected) : s.bringForward(s.selected)); return true; }
     if (e.code === "BracketLeft") { (e.shiftKey ? s.sendToBack(s.selected) : s.sendBackward(s.selected)); return true; }
     return false;
+  }
+
+  /** @param {ClipboardEvent} e */
+  _onPaste(e) {
+    const text = e.clipboardData?.getData("text/plain") ?? "";
+    e.preventDefault();
+    e.stopPropagation();
+    if (text.trim()) this.onImport?.(text);
+  }
+
+  /** Ctrl+C in the canvas copies the layout v1 JSON. @param {ClipboardEvent} e */
+  _onCopy(e) {
+    e.clipboardData?.setData("text/plain", this.state.serialize());
+    e.preventDefault();
+    e.stopPropagation();
+    this.flash("Layout JSON copied");
+  }
+
+  /** @param {DragEvent} e */
+  async _onDrop(e) {
+    const file = e.dataTransfer?.files?.[0];
+    if (!file) return;
+    e.preventDefault();
+    e.stopPropagation();
+    this.onImport?.(await file.text());
   }
 
   // ---- drawing ------------------------------------------------------------------
@@ -234,105 +322,19 @@ export class LayoutCanvasView {
     const { ctx, canvas, state } = this;
     const dpr = canvas.clientWidth ? canvas.width / canvas.clientWidth : 1;
     this._layout();
-    const v = this.view;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, canvas.clientWidth, canvas.clientHeight);
-    ctx.fillStyle = "#1e1e1e";
-    ctx.fillRect(0, 0, canvas.clientWidth, canvas.clientHeight);
-    ctx.fillStyle = "#3a3a3a";
-    ctx.fillRect(v.x, v.y, v.width, v.height);
-    const bg = this.background;
-    if (bg?.complete && bg.naturalWidth) ctx.drawImage(bg, v.x, v.y, v.width, v.height);
-    if (state.snap) this._drawGrid();
-    const bad = new Set(state.validate().filter((i) => i.index !== null).map((i) => i.index));
-    state.instances.forEach((inst, i) => this._drawBox(inst, i, i === state.selected, bad.has(i)));
-    const sel = state.instances[state.selected];
-    if (sel) this._drawHandles(sel.rect);
-    const text = this._message || (bad.size ? `${bad.size} box(es) need fixing` : "");
-    if (text) {
-      ctx.font = "12px sans-serif";
-      ctx.fillStyle = this._message ? "#ffd666" : "#ff7875";
-      ctx.fillText(text, v.x + 4, v.y + v.height - 6);
-    }
+    paintLayout(ctx, { width: canvas.clientWidth, height: canvas.clientHeight }, this.view, state,
+      { background: this.background, images: this.images, message: this._message });
+    this.hint.style.display = state.instances.length ? "none" : "block";
   }
+}
 
-  /** Rect (image px) to screen rect. @param {import("./layout_state.js").Rect} r */
-  _toScreen(r) {
-    const a = imageToScreen({ x: r.x0, y: r.y0 }, this.view, this.state.width, this.state.height);
-    const b = imageToScreen({ x: r.x1, y: r.y1 }, this.view, this.state.width, this.state.height);
-    return { x: a.x, y: a.y, w: b.x - a.x, h: b.y - a.y };
-  }
-
-  _drawGrid() {
-    const { ctx, view: v, state } = this;
-    let step = TOKEN_PX;
-    while ((step / state.width) * v.width < 6) step *= 2;
-    ctx.strokeStyle = "rgba(255,255,255,0.08)";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    for (let x = step; x < state.width; x += step) {
-      const sx = v.x + (x / state.width) * v.width;
-      ctx.moveTo(sx, v.y); ctx.lineTo(sx, v.y + v.height);
-    }
-    for (let y = step; y < state.height; y += step) {
-      const sy = v.y + (y / state.height) * v.height;
-      ctx.moveTo(v.x, sy); ctx.lineTo(v.x + v.width, sy);
-    }
-    ctx.stroke();
-  }
-
-  /**
-   * @param {import("./layout_state.js").Instance} inst @param {number} i
-   * @param {boolean} selected @param {boolean} invalid
-   */
-  _drawBox(inst, i, selected, invalid) {
-    const { ctx } = this;
-    const r = this._toScreen(inst.rect);
-    const color = DEPTH_COLORS[/** @type {"fg"|"mg"|"bg"} */ (inst.depth)] ?? DEPTH_COLORS.none;
-    ctx.globalAlpha = selected ? 0.28 : 0.16;
-    ctx.fillStyle = color;
-    ctx.fillRect(r.x, r.y, r.w, r.h);
-    ctx.globalAlpha = 1;
-    ctx.lineWidth = selected ? 2.5 : 1.5;
-    ctx.strokeStyle = invalid ? "#ff4d4f" : color;
-    ctx.setLineDash(invalid ? [5, 3] : []);
-    ctx.strokeRect(r.x, r.y, r.w, r.h);
-    ctx.setLineDash([]);
-    const parts = [`#${i}`];
-    if (inst.ref !== null && inst.ref !== undefined) parts.push(`ref ${inst.ref}`);
-    if (inst.depth) parts.push(String(inst.depth));
-    if (inst.alpha !== null && inst.alpha !== undefined) parts.push(`α${inst.alpha}`);
-    if (inst.caption) parts.push(String(inst.caption));
-    this._label(parts.join(" · "), r, color);
-  }
-
-  /** @param {string} text @param {{x: number, y: number, w: number, h: number}} r @param {string} color */
-  _label(text, r, color) {
-    const { ctx } = this;
-    ctx.font = "11px sans-serif";
-    let t = text;
-    const maxW = Math.max(r.w - 4, 12);
-    while (t.length > 1 && ctx.measureText(t).width > maxW) t = t.slice(0, -2) + "…";
-    const w = ctx.measureText(t).width + 6;
-    ctx.fillStyle = color;
-    ctx.fillRect(r.x, r.y, Math.min(w, Math.max(r.w, 12)), 15);
-    ctx.fillStyle = "#111";
-    ctx.fillText(t, r.x + 3, r.y + 11);
-  }
-
-  /** @param {import("./layout_state.js").Rect} rect */
-  _drawHandles(rect) {
-    const { ctx } = this;
-    const r = this._toScreen(rect);
-    const xs = [r.x, r.x + r.w / 2, r.x + r.w];
-    const ys = [r.y, r.y + r.h / 2, r.y + r.h];
-    ctx.fillStyle = "#fff";
-    ctx.strokeStyle = "#000";
-    ctx.lineWidth = 1;
-    for (const x of xs) for (const y of ys) {
-      if (x === xs[1] && y === ys[1]) continue;
-      ctx.fillRect(x - HANDLE_PX / 2, y - HANDLE_PX / 2, HANDLE_PX, HANDLE_PX);
-      ctx.strokeRect(x - HANDLE_PX / 2, y - HANDLE_PX / 2, HANDLE_PX, HANDLE_PX);
-    }
-  }
+/**
+ * @param {HTMLElement} el @param {string} className @param {Partial<CSSStyleDeclaration>} style
+ * @returns {any}
+ */
+function styled(el, className, style) {
+  el.className = className;
+  Object.assign(el.style, style);
+  return el;
 }

@@ -1,6 +1,7 @@
-// Layout v1 JSON <-> editor instances (image px), and ComfyUI BOUNDING_BOXES import.
-// Pure functions, DOM-free; LayoutState (layout_state.js) calls them at its load,
-// serialize and import edges. Unknown keys are kept and written back unchanged.
+// Layout v1 JSON <-> editor instances (image px); imports of ComfyUI BOUNDING_BOXES and of
+// InstanceAssemble / DenseLayout layout JSON. Pure functions, DOM-free; LayoutState
+// (layout_state.js) calls them at its load, serialize and import edges. Unknown keys are
+// kept and written back unchanged.
 
 import { copyRect, fitRect, rectFromPoints } from "./layout_geometry.js";
 import { LAYOUT_VERSION, LayoutError, checkField } from "./layout_validate.js";
@@ -41,6 +42,7 @@ export function parseLayout(json, fallback) {
   }
   if (obj === null || obj === undefined) obj = { version: LAYOUT_VERSION, instances: [] };
   if (typeof obj !== "object" || Array.isArray(obj)) throw new LayoutError("layout must be a JSON object", null, "layout");
+  if (isInstanceAssemble(obj)) obj = layoutFromInstanceAssemble(obj);
   const o = /** @type {Record<string, any>} */ (obj);
   if (o.version !== LAYOUT_VERSION) {
     throw new LayoutError(`unknown layout version ${JSON.stringify(o.version)}; expected ${LAYOUT_VERSION}`, null, "version");
@@ -84,6 +86,77 @@ export function instancesFromBoundingBoxes(boxes, bounds) {
     return /** @type {Instance} */ ({ ...fieldsFromMetadata(b.metadata),
       rect: fitRect({ x0: b.x, y0: b.y, x1: b.x + b.width, y1: b.y + b.height }, bounds) });
   });
+}
+
+/**
+ * Whether `obj` is an InstanceAssemble / DenseLayout layout: an object with `annos` and no `version`.
+ * @param {any} obj
+ */
+export function isInstanceAssemble(obj) {
+  return obj !== null && typeof obj === "object" && !Array.isArray(obj) && !("version" in obj) && "annos" in obj;
+}
+
+/**
+ * InstanceAssemble / DenseLayout layout JSON -> layout v1 (the same rule as refcomp_core's import):
+ * `{"prompt", "width", "height", "annos": [{"bbox": [x1, y1, x2, y2] px, "category_name", "caption"}]}`
+ * gives width/height as they are (integers), `prompt` as an extra top-level key, and one instance
+ * per anno in order: box = [x1/W, y1/H, x2/W, y2/H] clamped to [0, 1]; caption = category_name,
+ * plus ", " + caption when caption is a non-empty string (just the caption when category_name is
+ * empty); ref, depth and alpha null. Throws LayoutError naming `annos[i].bbox` etc.
+ * @param {Record<string, any>} doc @returns {Record<string, any>}
+ */
+export function layoutFromInstanceAssemble(doc) {
+  const size = (key) => {
+    const v = doc[key];
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {
+      throw new LayoutError(`InstanceAssemble layout: ${key} must be a positive integer (pixels), got ${JSON.stringify(v)}`, null, key);
+    }
+    return v;
+  };
+  const width = size("width");
+  const height = size("height");
+  if (!Array.isArray(doc.annos)) throw new LayoutError("InstanceAssemble layout: annos must be a list of {bbox, category_name, caption}", null, "annos");
+  const instances = doc.annos.map((anno, i) => {
+    const where = `InstanceAssemble layout: annos[${i}]`;
+    if (anno === null || typeof anno !== "object" || Array.isArray(anno)) throw new LayoutError(`${where} must be an object`, i, "annos");
+    const b = anno.bbox;
+    if (!Array.isArray(b) || b.length !== 4 || !b.every((v) => typeof v === "number" && Number.isFinite(v))) {
+      throw new LayoutError(`${where}.bbox must be four finite numbers [x1, y1, x2, y2] in pixels, got ${JSON.stringify(b)}`, i, "bbox");
+    }
+    if (!(b[2] > b[0]) || !(b[3] > b[1])) {
+      throw new LayoutError(`${where}.bbox is empty: need x2 > x1 and y2 > y1, got ${JSON.stringify(b)}`, i, "bbox");
+    }
+    const name = anno.category_name ?? "";
+    if (typeof name !== "string") throw new LayoutError(`${where}.category_name must be a string, got ${JSON.stringify(name)}`, i, "category_name");
+    const extra = anno.caption;
+    if (extra !== undefined && extra !== null && typeof extra !== "string") {
+      throw new LayoutError(`${where}.caption must be a string, got ${JSON.stringify(extra)}`, i, "caption");
+    }
+    const caption = extra ? (name ? `${name}, ${extra}` : extra) : name;
+    const box = [b[0] / width, b[1] / height, b[2] / width, b[3] / height].map((v) => Math.min(1, Math.max(0, v)));
+    return { box, ref: null, caption, depth: null, alpha: null };
+  });
+  const out = { version: LAYOUT_VERSION, width, height, instances };
+  if ("prompt" in doc) out.prompt = clone(doc.prompt);
+  return out;
+}
+
+/**
+ * What a pasted or dropped JSON text is: a layout (v1 or InstanceAssemble, replaces the layout)
+ * or ComfyUI BOUNDING_BOXES (adds boxes). Throws LayoutError for anything else.
+ * @param {string} text @returns {{kind: "layout"|"instanceassemble"|"bounding_boxes", data: any}}
+ */
+export function readImport(text) {
+  let data;
+  try { data = JSON.parse(text); } catch (e) {
+    throw new LayoutError(`cannot import: not JSON (${/** @type {Error} */ (e).message}); paste a layout v1, an `
+      + "InstanceAssemble layout or ComfyUI BOUNDING_BOXES", null, "layout");
+  }
+  if (Array.isArray(data) || Array.isArray(data?.__value__)) return { kind: "bounding_boxes", data };
+  if (isInstanceAssemble(data)) return { kind: "instanceassemble", data };
+  if (data && typeof data === "object" && "version" in data) return { kind: "layout", data };
+  throw new LayoutError("cannot import: expected a layout v1 ({version: 1, instances}), an InstanceAssemble layout "
+    + "({width, height, annos}) or ComfyUI BOUNDING_BOXES ([{x, y, width, height}])", null, "layout");
 }
 
 /**

@@ -5,10 +5,11 @@
 // layout v1 JSON (normalized boxes) exists only at the load/serialize edges.
 // Boxes later in the list are drawn on top of earlier ones.
 
-import { clone, cloneInstance, instancesFromBoundingBoxes, layoutToJSON, parseLayout } from "./layout_codec.js";
+import { clone, cloneInstance, instancesFromBoundingBoxes, layoutToJSON, parseLayout, readImport } from "./layout_codec.js";
 import {
-  TOKEN_PX, copyRect, fitRect, moveRect, rectFromDrag, rectPart, rectsEqual, resizeRect,
+  TOKEN_PX, copyRect, fitRect, moveRect, rectFromDrag, rectsEqual, resizeRect,
 } from "./layout_geometry.js";
+import { boxesAt, cycleTarget, pressTarget } from "./layout_pick.js";
 import { DEFAULT_MAX_INSTANCES, LayoutError, checkField, validateLayout } from "./layout_validate.js";
 
 export * from "./layout_geometry.js";
@@ -42,6 +43,8 @@ export class LayoutState {
     this.refCount = refCount;
     /** Snap edges to the 16 px token grid while drawing, moving and resizing. */
     this.snap = snap;
+    /** Draw mode: every press starts a new box, even on top of other boxes. */
+    this.drawMode = false;
     /** Read-only for callers; change it through the methods. @type {Instance[]} */
     this.instances = [];
     /** Index of the selected instance, -1 for none. */
@@ -82,16 +85,30 @@ export class LayoutState {
    * an empty layout. Throws LayoutError for unparsable JSON, an unknown version or a
    * box that is not four finite numbers; other bad values load as-is so validate()
    * can show them.
-   * @param {string|object|null|undefined} json @param {{keepHistory?: boolean}} [opts]
+   * InstanceAssemble layout JSON is converted (layout_codec.js).
+   * @param {string|object|null|undefined} json
+   * @param {{keepHistory?: boolean, reason?: string}} [opts] reason: the change event ("load")
    */
-  load(json, { keepHistory = true } = {}) {
+  load(json, { keepHistory = true, reason = "load" } = {}) {
     const doc = parseLayout(json, this);
     if (keepHistory) this._checkpoint();
     else { this._undo = []; this._redo = []; }
     Object.assign(this, doc);
     this.selected = -1;
     this._gesture = null;
-    this._emit("load");
+    this._emit(reason);
+  }
+
+  /**
+   * Import pasted or dropped JSON text: a layout v1 or InstanceAssemble layout replaces the
+   * layout (its size too); ComfyUI BOUNDING_BOXES add boxes. One undo step. Throws LayoutError.
+   * @param {string} text @returns {{kind: string, count: number}}
+   */
+  importText(text) {
+    const { kind, data } = readImport(text);
+    if (kind === "bounding_boxes") return { kind, count: this.importBoundingBoxes(data) };
+    this.load(data, { reason: "import" });
+    return { kind, count: this.instances.length };
   }
 
   /** Layout v1 object: normalized boxes, unknown keys kept. @returns {Record<string, any>} */
@@ -189,6 +206,24 @@ export class LayoutState {
     this._emit("snap");
   }
 
+  /** @param {boolean} on */
+  setDrawMode(on) {
+    if (this.drawMode === !!on) return;
+    this.drawMode = !!on;
+    this._emit("mode");
+  }
+
+  /**
+   * How many references exist (null = unknown: refs are not range-checked). Not an edit.
+   * @param {number|null} n
+   */
+  setRefCount(n) {
+    const next = Number.isInteger(n) && /** @type {number} */ (n) >= 0 ? n : null;
+    if (next === this.refCount) return;
+    this.refCount = next;
+    this._emit("refs");
+  }
+
   /**
    * Set the target image size. Boxes keep their normalized position, so they scale.
    * @param {number} width @param {number} height
@@ -218,22 +253,26 @@ export class LayoutState {
     this._emit("select");
   }
 
+  /** Indices of the boxes under `p` (image px), topmost first. @param {Point} p */
+  boxesAt(p) {
+    return boxesAt(this.instances, p);
+  }
+
   /**
-   * The box under `p` (image px). The selected box's handles win, so a covered box
-   * stays resizable; otherwise the topmost box wins. `handle` is null for its interior.
-   * @param {Point} p @param {number} [tol] edge tolerance in image px
-   * @returns {{index: number, handle: string|null}|null}
+   * What a press at `p` (image px) starts; see layout_pick.js for the rules.
+   * @param {Point} p @param {number} tol edge tolerance, image px
+   * @param {{shift?: boolean, inImage?: boolean}} [opts]
+   * @returns {import("./layout_pick.js").PressTarget}
    */
-  hitTest(p, tol = 6) {
-    if (this._has(this.selected)) {
-      const part = rectPart(this.instances[this.selected].rect, p, tol);
-      if (part && part !== "inside") return { index: this.selected, handle: part };
-    }
-    for (let i = this.instances.length - 1; i >= 0; i--) {
-      const part = rectPart(this.instances[i].rect, p, tol);
-      if (part) return { index: i, handle: part === "inside" ? null : part };
-    }
-    return null;
+  pressTarget(p, tol, { shift = false, inImage = true } = {}) {
+    return pressTarget(this.instances, this.selected, p, tol, { draw: this.drawMode || shift, inImage });
+  }
+
+  /** A click at `p` selects the next box under it (cycling). @param {Point} p @returns {number} */
+  cycleSelect(p) {
+    const next = cycleTarget(this.instances, this.selected, p);
+    this.select(next);
+    return next;
   }
 
   /**

@@ -79,13 +79,27 @@ class XVerseState:
     def num_refs(self) -> int:
         return int(self.text_cond.shape[1])
 
+    def to(self, device: torch.device | str) -> "XVerseState":
+        """A copy with every tensor on `device`."""
+        move = lambda t: None if t is None else t.to(device)   # noqa: E731
+        rope = None if self.ref_rope is None else Rope(self.ref_rope.cos.to(device), self.ref_rope.sin.to(device))
+        return dataclasses.replace(self, delta_shared=move(self.delta_shared), delta_block=move(self.delta_block),
+                                   bound=move(self.bound), text_cond=move(self.text_cond),
+                                   ref_latents=move(self.ref_latents), ref_rope=rope, lam=move(self.lam),
+                                   confine=move(self.confine))
 
-def _delta(lora: LoRASet | None, site: str, x: Tensor, mult: float) -> Tensor | None:
-    """mult * LoRA_site(x) in x's dtype, or None when the site has no LoRA or mult is 0."""
+
+def _delta(lora, site: str, x: Tensor, mult: float) -> Tensor | None:
+    """mult * LoRA_site(x) in x's dtype, or None when the site has no LoRA or mult is 0. `lora.deltas[site]`
+    is a LowRank (down, up Linear; scale) or an XVerse LoRAPair (down, up weights; alpha_over_rank)."""
     if lora is None or mult == 0 or site not in lora.deltas:
         return None
     m = lora.deltas[site]
-    return (F.linear(F.linear(x.to(m.down.weight.dtype), m.down.weight), m.up.weight) * (m.scale * mult)).to(x.dtype)
+    if hasattr(m, "alpha_over_rank"):
+        down, up, scale = m.down, m.up, m.alpha_over_rank
+    else:
+        down, up, scale = m.down.weight, m.up.weight, m.scale
+    return (F.linear(F.linear(x.to(down.dtype), down), up) * (scale * mult)).to(x.dtype)
 
 
 def _plus(base: Tensor, delta: Tensor | None) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from ..geometry import TokenGrid, box_token_indices
-from ..pathways.xverse import XVerseScales, XVerseState, xverse_loras
+from ..pathways.xverse import XVerseScales, XVerseState
 from ..rope import rope_from_ids
 from ..session import XVerseRun
 from .adapter import XVerseAdapter
@@ -36,18 +36,25 @@ class XVerseReference:
     is_id: bool = False
 
 
-def adapter_loras(adapter: XVerseAdapter, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> dict:
-    """The converted LoRA as RefComp LoRA sets per block ("<double>", "s<single>", "x"), on `device` in
-    `dtype` (default: the adapter's)."""
-    modules = {}
-    for site in adapter.config.lora:
-        pair = adapter.lora_pair(site)
-        modules[site] = (pair.down.detach(), pair.up.detach(), pair.alpha_over_rank)
-    first = next(adapter.lora.parameters(), None)
-    device = device if device is not None else (first.device if first is not None else "cpu")
-    dtype = dtype if dtype is not None else (first.dtype if first is not None else torch.float32)
-    return {key: lora.to(device=device, dtype=dtype) for key, lora in xverse_loras(modules).items()}
+@dataclass
+class SiteLoRAs:
+    """The LoRA pairs of one block by site name (views of the adapter's own parameters, never copies,
+    so they follow the adapter wherever ComfyUI moves it)."""
+
+    deltas: dict
+
+
+def adapter_loras(adapter: XVerseAdapter) -> dict[str, SiteLoRAs]:
+    """The converted LoRA by block ("<double>", "s<single>", "x") and site, as the pathway reads it."""
+    from ..released.lora_keys import site_of
+
+    out: dict[str, SiteLoRAs] = {}
+    for module in adapter.config.lora:
+        where = site_of(module)
+        if where is None:
+            raise ValueError(f"XVerse LoRA: no RefComp site for module {module}")
+        out.setdefault(where[0], SiteLoRAs({})).deltas[where[1]] = adapter.lora_pair(module)
+    return out
 
 
 def confine_mask(boxes: Sequence[tuple[float, float, float, float]], grid: TokenGrid) -> torch.Tensor:
@@ -61,11 +68,11 @@ def confine_mask(boxes: Sequence[tuple[float, float, float, float]], grid: Token
 
 def build_run(adapter: XVerseAdapter, references: Sequence[XVerseReference], binding: SpanBinding,
               preset: XVersePreset, *, axes_dim: Sequence[int], theta: float, num_double_blocks: int,
-              loras: dict | None = None, confine: torch.Tensor | None = None,
-              device: torch.device | str | None = None) -> XVerseRun:
-    """The XVerseRun of these references bound to a prompt, its tensors on `device` (default: where the
-    adapter's resamplers are; they run there). `loras` may be passed to reuse the sets across runs (they
-    do not depend on the references). confine: (M, N) bool (`confine_mask`) or None."""
+              loras: dict | None = None, confine: torch.Tensor | None = None) -> XVerseRun:
+    """The XVerseRun of these references bound to a prompt. The resamplers run where `adapter.net` is
+    (the LoRA may live elsewhere); the session moves the state to each block's device. `loras` may be
+    passed to reuse the sets across runs (they do not depend on the references). confine: (M, N) bool
+    (`confine_mask`) or None (XVerse's own attention)."""
     n = len(references)
     if n != binding.text_cond_mask.shape[1]:
         raise ValueError(f"XVerse: {n} references but the prompt binding has {binding.text_cond_mask.shape[1]}")
@@ -76,7 +83,6 @@ def build_run(adapter: XVerseAdapter, references: Sequence[XVerseReference], bin
         raise ValueError(f"XVerse: reference {bad[0]} has latents {tuple(references[bad[0]].latents.shape)}, the "
                          f"preset's cond_size {preset.cond_size} needs ({preset.reference_tokens}, C) packed tokens")
     first = next(adapter.net.parameters())
-    device = torch.device(device) if device is not None else first.device
     with torch.no_grad():
         shared, per_block = [], []
         for ref in references:
@@ -87,17 +93,14 @@ def build_run(adapter: XVerseAdapter, references: Sequence[XVerseReference], bin
     if delta_block.shape[1] < num_double_blocks:
         raise ValueError(f"XVerse: the adapter has offsets for {delta_block.shape[1]} blocks, the model has "
                          f"{num_double_blocks} double blocks")
-    latents = torch.cat([r.latents for r in references]).float().to(device) if n else None
+    latents = torch.cat([r.latents for r in references]).float() if n else None
     ids = torch.cat([reference_position_ids(i, preset.cond_size) for i in range(n)]) if n else torch.zeros(0, 3)
-    lam = torch.tensor([preset.reference_lambda(r.is_id) for r in references], dtype=torch.float32)
-    state = XVerseState(delta_shared=delta.to(device),
-                        delta_block=delta_block[:, :num_double_blocks].transpose(0, 1).contiguous().to(device),
-                        bound=torch.nonzero(binding.delta_mask).flatten().to(device),
-                        text_cond=binding.text_cond_mask.to(device), ref_latents=latents,
-                        ref_rope=rope_from_ids(ids.to(device), tuple(axes_dim), theta) if n else None,
-                        lam=lam.to(device), tokens_per_ref=preset.reference_tokens,
-                        confine=confine.to(device) if confine is not None else None)
+    state = XVerseState(delta_shared=delta, delta_block=delta_block[:, :num_double_blocks].transpose(0, 1).contiguous(),
+                        bound=torch.nonzero(binding.delta_mask).flatten(), text_cond=binding.text_cond_mask,
+                        ref_latents=latents, ref_rope=rope_from_ids(ids, tuple(axes_dim), theta) if n else None,
+                        lam=torch.tensor([preset.reference_lambda(r.is_id) for r in references], dtype=torch.float32),
+                        tokens_per_ref=preset.reference_tokens, confine=confine)
     scales = XVerseScales(global_scale=preset.lora_scale, latent_sblock=preset.latent_sblora_scale,
                           ref_sblock=preset.condition_sblora_scale)
-    return XVerseRun(state=state, loras=loras if loras is not None else adapter_loras(adapter, device), scales=scales,
+    return XVerseRun(state=state, loras=loras if loras is not None else adapter_loras(adapter), scales=scales,
                      vae_skip=preset.vae_skip)

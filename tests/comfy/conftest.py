@@ -19,7 +19,7 @@ import pytest
 PACK_DIR = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from comfy_harness import PACK_FOLDER_NAME  # noqa: E402
+from comfy_harness import PACK_FOLDER_NAME, require_or_skip  # noqa: E402
 
 
 def _import_pack():
@@ -40,9 +40,8 @@ sys.path.insert(0, str(PACK_DIR / "tests"))   # tests/helpers.py
 @pytest.fixture(scope="session")
 def comfy_env() -> tuple[Path, Path]:
     path, python = os.environ.get("COMFYUI_PATH"), os.environ.get("COMFYUI_PYTHON")
-    if not path or not python:
-        pytest.skip("SKIPPED LOUDLY: set COMFYUI_PATH (a ComfyUI source tree) and COMFYUI_PYTHON (its venv python) "
-                    "to run the real-ComfyUI integration tests")
+    require_or_skip(bool(path and python), "set COMFYUI_PATH (a ComfyUI source tree) and COMFYUI_PYTHON (its venv "
+                                           "python), or run the tests through .ci/test.sh, which makes both")
     if not (Path(path) / "main.py").is_file() or not Path(python).exists():
         pytest.fail(f"COMFYUI_PATH={path} has no main.py or COMFYUI_PYTHON={python} does not exist")
     return Path(path), Path(python)

@@ -4,9 +4,10 @@ one JSON line `RESULT {...}` for the pytest side. Never imported by pytest.
     python driver.py <comfy_root> <pack_dir_in_custom_nodes> <work_dir> <task>
 
 Tasks: load (node registry), parity (tensors for the diffusers comparison),
-ia_parity (the InstanceAssemble pathway, for the oracle comparison), sample (ComfyUI's own
+ia_parity / xverse_parity (the released pathways, for the oracle comparisons), sample (ComfyUI's own
 executor on a tiny FLUX), errors (each prompt of prompts.json through the executor; the error
-message ComfyUI reports for each).
+message ComfyUI reports for each), sample_each (each prompt of prompts.json in turn, recording which
+nodes ran and the errors).
 """
 from __future__ import annotations
 
@@ -194,6 +195,61 @@ def task_ia_parity() -> None:
     RESULT["batch"] = inputs["x"].shape[0]
 
 
+def task_xverse_parity() -> None:
+    """XVerse from a converted file (alone, and with the InstanceAssemble file when present): a call inside the
+    reference window, one on a VAE-skip step, and an [uncond | cond] batch."""
+    init_nodes()
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    from refcomp_core.checkpoint import load_adapter
+    from refcomp_core.controls import Controls
+    from refcomp_core.layout import parse_layout
+    from refcomp_core.released.xverse import load_xverse
+    from refcomp_core.state import InstanceFeatures
+    from refcomp_core.xverse.compose import XVerseReference, build_run
+    from refcomp_core.xverse.presets import XVersePreset
+    from refcomp_core.xverse.spans import bind_ids
+    pack = sys.modules[PACK.replace(".", "_x_")]
+    apply_refcomp = sys.modules[pack.__name__ + ".nodes.flux_apply"].apply_refcomp
+    host = sys.modules[pack.__name__ + ".nodes.flux_host"]
+    runtime = sys.modules[pack.__name__ + ".nodes.runtime"]
+
+    model = driver_nodes.tiny_flux_from_diffusers(os.path.join(WORK, "flux.safetensors"))
+    inputs = load_file(os.path.join(WORK, "inputs.safetensors"))
+    with open(os.path.join(WORK, "binding.json")) as f:
+        spec = json.load(f)
+    adapter, _ = load_xverse(os.path.join(WORK, "xverse.safetensors"))
+    refs = [XVerseReference(txt=inputs[f"txt{i}"], img=inputs[f"img{i}"], latents=inputs[f"lat{i}"],
+                            is_id=bool(spec["is_id"][i])) for i in range(spec["refs"])]
+    binding = bind_ids(spec["prompt"], spec["captions"], spec["words"], length=spec["length"])
+    preset = XVersePreset(name="test", lora_scale=spec["lora_scale"], cond_size=spec["cond_size"])
+    dims = sys.modules[pack.__name__ + ".nodes.flux_views"].flux_dims(model)
+    run = build_run(adapter, refs, binding, preset, axes_dim=dims.axes_dim, theta=dims.theta,
+                    num_double_blocks=dims.num_double_blocks)
+    patcher = comfy.model_patcher.CoreModelPatcher(runtime.AdapterHolder(adapter), load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+    xv = host.XVerseApply(run=run, patcher=patcher)
+    empty = parse_layout({"version": 1, "width": 64, "height": 64, "instances": []})
+    patched = apply_refcomp(model, None, empty, InstanceFeatures(), Controls(), xverse=xv)
+    schedule = inputs["schedule"]
+    outs = {"vanilla": _run_model(model, inputs, [0]), "xv": _run_model(patched, inputs, [0], sample_sigmas=schedule)}
+    two = {k: torch.cat([v, v]) if k in ("x", "sigma", "context", "pooled", "guidance") else v
+           for k, v in inputs.items()}
+    outs["xv_batched"] = _run_model(patched, two, [1, 0], sample_sigmas=schedule)
+    early = dict(inputs, sigma=torch.full_like(inputs["sigma"], float(schedule[1])))
+    outs["xv_skip"] = _run_model(patched, early, [0], sample_sigmas=schedule)
+    if os.path.exists(os.path.join(WORK, "ia.safetensors")):
+        ia, _ = load_adapter(os.path.join(WORK, "ia.safetensors"))
+        with open(os.path.join(WORK, "layout.json")) as f:
+            layout = parse_layout(f.read())
+        both = apply_refcomp(model, runtime.adapter_patcher(ia), layout, InstanceFeatures(caption=inputs["caption"]),
+                             Controls(), xverse=host.XVerseApply(run=build_run(
+                                 adapter, refs, binding, preset, axes_dim=dims.axes_dim, theta=dims.theta,
+                                 num_double_blocks=dims.num_double_blocks), patcher=patcher))
+        outs["both"] = _run_model(both, inputs, [0], sample_sigmas=schedule)
+    save_file({k: v.contiguous() for k, v in outs.items()}, os.path.join(WORK, "outputs.safetensors"))
+
+
 class _Server:
     """The little of PromptServer that the executor uses."""
 
@@ -242,9 +298,43 @@ def task_errors() -> None:
         RESULT["errors"][name] = res if not res["valid"] else (None if res["success"] else (res["errors"] or [{}])[-1])
 
 
+def run_prompt(prompt: dict, pid: str, out: dict) -> None:
+    """Validate and execute one API prompt with ComfyUI's executor; results go into `out`
+    (valid, success, errors [{node_type, exception_message}], executed [node ids in order])."""
+    import execution
+
+    class Server(_Server):
+        def send_sync(self, event, data, sid=None):
+            if event == "execution_error":
+                out.setdefault("errors", []).append({k: data.get(k) for k in ("node_type", "exception_message")})
+            elif event == "executing" and data.get("node") is not None:
+                out.setdefault("executed", []).append(data["node"])
+
+    valid = asyncio.run(execution.validate_prompt(pid, prompt, None))
+    out["valid"] = bool(valid[0])
+    if not valid[0]:
+        out["validation"] = {"error": valid[1], "node_errors": valid[3]}
+        return
+    cache_type = getattr(execution, "CacheType").CLASSIC
+    ex = execution.PromptExecutor(Server(), cache_type=cache_type, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    ex.execute(prompt, pid, {"client_id": "refcomp-test"}, valid[2])   # with a client, errors are sent to it
+    out["success"] = bool(ex.success)
+
+
+def task_sample_each() -> None:
+    init_nodes()
+    with open(os.path.join(WORK, "prompts.json")) as f:
+        prompts = json.load(f)["prompts"]
+    RESULT["runs"] = []
+    for i, prompt in enumerate(prompts):
+        out: dict = {}
+        run_prompt(prompt, f"p{i}", out)
+        RESULT["runs"].append(out)
+
+
 if __name__ == "__main__":
     try:
         {"load": task_load, "parity": task_parity, "sample": task_sample, "ia_parity": task_ia_parity,
-         "errors": task_errors}[TASK]()
+         "xverse_parity": task_xverse_parity, "errors": task_errors, "sample_each": task_sample_each}[TASK]()
     finally:
         print("RESULT " + json.dumps(RESULT, default=str), flush=True)

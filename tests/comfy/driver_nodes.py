@@ -113,6 +113,86 @@ class FakeClip:
         return (_Clip(dim),)
 
 
+class _T5Clip:
+    """A FLUX-like CLIP with word-level T5 ids (EOS 1, pad 0 up to 256, as ComfyUI's T5 tokenizer pads)
+    and seeded embeddings per id: enough for XVerse's span binding and its 128-token prompt."""
+
+    def __init__(self, t5_dim: int, pooled_dim: int) -> None:
+        self.t5_dim, self.pooled_dim = t5_dim, pooled_dim
+
+    @staticmethod
+    def _word_id(word: str) -> int:
+        return 10 + int(hashlib.sha256(word.encode()).hexdigest()[:6], 16) % 5000
+
+    def tokenize(self, text):
+        ids = [self._word_id(w) for w in text.lower().replace(",", " ").split()] + [1]
+        ids += [0] * max(0, 256 - len(ids))
+        return {"l": [[(49406, 1.0), (49407, 1.0)]], "t5xxl": [[(i, 1.0) for i in ids]]}
+
+    def encode_from_tokens(self, tokens, return_pooled=False):
+        ids = [t[0] for t in tokens["t5xxl"][0]]
+        cond = torch.cat([_seeded(f"t5:{i}", self.t5_dim) for i in ids])[None]           # (1, L, t5_dim)
+        pooled = _seeded("pooled:" + ",".join(map(str, ids[:8])), self.pooled_dim)
+        return (cond, pooled) if return_pooled else cond
+
+
+class FakeT5Clip:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"t5_dim": ("INT", {"default": 24}), "pooled_dim": ("INT", {"default": 20})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "make"
+    CATEGORY = "RefCompTest"
+
+    def make(self, t5_dim, pooled_dim):
+        return (_T5Clip(t5_dim, pooled_dim),)
+
+
+class _PenultimateVision:
+    def __init__(self, dim: int, tokens: int) -> None:
+        self.dim, self.tokens = dim, tokens
+
+    def encode_image(self, image):
+        key = f"vision:{float(image.float().mean()):.6f}:{tuple(image.shape)}"
+        return {"penultimate_hidden_states": _seeded(key, self.dim * self.tokens).view(1, self.tokens, self.dim),
+                "image_embeds": _seeded(key, self.dim)}
+
+
+class FakePenultimateVision:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"dim": ("INT", {"default": 12}), "tokens": ("INT", {"default": 5})}}
+
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "make"
+    CATEGORY = "RefCompTest"
+
+    def make(self, dim, tokens):
+        return (_PenultimateVision(dim, tokens),)
+
+
+class _Vae:
+    def encode(self, pixels):
+        """(1, H, W, 3) -> (1, 16, H/8, W/8): 8x8 mean pooling spread over 16 channels."""
+        x = pixels.permute(0, 3, 1, 2).float()
+        pooled = torch.nn.functional.avg_pool2d(x, 8)                                     # (1, 3, H/8, W/8)
+        return torch.cat([pooled * (k + 1) / 16 for k in range(6)], dim=1)[:, :16]
+
+
+class FakeVae:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "make"
+    CATEGORY = "RefCompTest"
+
+    def make(self):
+        return (_Vae(),)
+
+
 class SaveTensor:
     @classmethod
     def INPUT_TYPES(cls):
@@ -133,4 +213,5 @@ class SaveTensor:
 
 NODE_CLASS_MAPPINGS = {"RefCompTestTinyFlux": TinyFlux, "RefCompTestCond": RandomCond,
                        "RefCompTestVision": FakeVision, "RefCompTestClip": FakeClip,
-                       "RefCompTestSave": SaveTensor}
+                       "RefCompTestT5Clip": FakeT5Clip, "RefCompTestPenultimateVision": FakePenultimateVision,
+                       "RefCompTestVae": FakeVae, "RefCompTestSave": SaveTensor}

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfy_harness import PACK_FOLDER_NAME, run_driver
+from comfy_harness import Server, run_driver
 from comfy_tiny import TINY_DIFFUSERS, img_ids, pack, tiny_diffusers_flux, unpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ia"))
@@ -24,7 +21,6 @@ from ia_files import lora_tensors, write_layout_pth, write_lora  # noqa: E402
 from refcomp_core.released.instanceassemble import TargetSpec, convert  # noqa: E402
 
 pytestmark = pytest.mark.integration
-HERE = Path(__file__).resolve().parent
 H, W = 6, 8                                   # tokens of a 12 x 16 latent (96 x 128 px)
 LAYOUT = {"version": 1, "width": 128, "height": 96, "instances": [
     {"box": [0.0, 0.0, 0.625, 0.5], "caption": "a cat"}, {"box": [0.25, 0.25, 1.0, 1.0], "caption": "a tree"},
@@ -91,21 +87,6 @@ def test_outside_the_grounding_window_is_plain_flux(ia_run):
 
 # --- end to end through a running server's /prompt -------------------------------------------------------
 
-TEST_PACK = "refcomp_test_nodes"
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(url: str, data: dict | None = None) -> dict:
-    body = json.dumps(data).encode() if data is not None else None
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(req, timeout=30).read() or b"{}")
-
 
 def _prompt(work: Path, layout_json: str) -> dict:
     save = lambda name, node: {"class_type": "RefCompTestSave",                         # noqa: E731
@@ -136,48 +117,14 @@ def _prompt(work: Path, layout_json: str) -> dict:
 def test_end_to_end_through_http_prompt(comfy_env, comfy_root, tmp_path):
     """Caption-only boxes, the converted file from models/refcomp, no references or vision encoders,
     FLUX.1-schnell-like 4 steps (one grounding step), queued through POST /prompt."""
-    _, python = comfy_env
     converted, _, _ = _release(tmp_path)
     model = tiny_diffusers_flux(seed=1)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "flux.safetensors"))
     (comfy_root / "models" / "refcomp").mkdir(parents=True, exist_ok=True)
     shutil.copy(converted, comfy_root / "models" / "refcomp" / "ia_tiny.safetensors")
-    test_pack = comfy_root / "custom_nodes" / TEST_PACK
-    test_pack.mkdir(exist_ok=True)
-    shutil.copy(HERE / "driver_nodes.py", test_pack / "driver_nodes.py")
-    (test_pack / "__init__.py").write_text("from .driver_nodes import NODE_CLASS_MAPPINGS\n")
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_FOLDER_NAME, TEST_PACK,
-                             "--disable-api-nodes", "--database-url", "sqlite:///:memory:"],
-                            cwd=comfy_root, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
-            try:
-                _request(f"{base}/object_info/RefCompTestTinyFlux")
-                break
-            except OSError:
-                time.sleep(0.5)
-        sent = _request(f"{base}/prompt", {"prompt": _prompt(tmp_path, json.dumps(LAYOUT)), "client_id": "t"})
-        assert not sent.get("node_errors"), sent
-        pid = sent["prompt_id"]
-        for _ in range(600):
-            history = _request(f"{base}/history/{pid}")
-            if pid in history and history[pid].get("status", {}).get("completed") is not None:
-                break
-            time.sleep(0.5)
-        status = history[pid]["status"]
-        assert status["status_str"] == "success", (status, (tmp_path / "server.log").read_text()[-3000:])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with Server(comfy_env, comfy_root, tmp_path / "server.log") as server:
+        status = server.run(_prompt(tmp_path, json.dumps(LAYOUT)))
+        assert status["status_str"] == "success", (status, server.log()[-3000:])
     vanilla, ia, off = (load_file(str(tmp_path / f"{n}.safetensors"))["t"] for n in ("vanilla", "ia", "off"))
     assert torch.isfinite(ia).all() and ia.shape == vanilla.shape == (1, 16, 12, 16)
     assert float((ia - vanilla).abs().max()) > 1e-3                 # real layout from the converted weights

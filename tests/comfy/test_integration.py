@@ -43,7 +43,7 @@ def test_pack_loads_and_lists_nodes(object_info_run):
     res, info = object_info_run
     assert res["pack_loaded"] is True
     expected = ["RefCompAlphaPredictor", "RefCompApplyFLUX", "RefCompInstanceEncode", "RefCompLayoutCanvas",
-                "RefCompLayoutPreview", "RefCompLoadReferenceSet", "RefCompLoader"]
+                "RefCompLayoutPreview", "RefCompLoadReferenceSet", "RefCompLoader", "RefCompXVerseEncode"]
     assert res["refcomp_nodes"] == expected
     assert any(p.endswith("models/refcomp") for p in res["refcomp_folder"])
     for name in expected:
@@ -58,7 +58,9 @@ def test_pack_loads_and_lists_nodes(object_info_run):
     canvas = info["RefCompLayoutCanvas"]["inputs"]["required"]
     assert canvas["layout_json"][0] == "STRING"
     assert info["RefCompApplyFLUX"]["outputs"] == ["MODEL"]
-    assert "REFCOMP_INSTANCES" in [t for t, _ in info["RefCompApplyFLUX"]["inputs"]["required"].values()]
+    apply_inputs = info["RefCompApplyFLUX"]["inputs"]
+    assert [t for t, _ in apply_inputs["required"].values()][0] == "MODEL"
+    assert {"REFCOMP_MODEL", "REFCOMP_INSTANCES", "REFCOMP_XVERSE"} <= {t for t, _ in apply_inputs["optional"].values()}
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,29 @@ def test_instanceassemble_workflows():
         assert "refcomp convert instanceassemble" in nodes["MarkdownNote"]["widgets_values"][0]
 
 
+def test_xverse_workflows():
+    """XVerse alone (two identity references) and with InstanceAssemble (plus caption-only boxes): every
+    identity box's caption word is in the prompt, Apply gets XVerse Encode's references, the sampler its
+    128-token conditioning."""
+    from refcomp_core.xverse.spans import target_word
+    by_name = {p.name: json.loads(p.read_text()) for p in WORKFLOWS}
+    for name, with_ia in (("xverse_flux_dev.json", False), ("xverse_instanceassemble_flux_dev.json", True)):
+        wf = by_name[name]
+        types = {n["id"]: n["type"] for n in wf["nodes"]}
+        nodes = {n["id"]: n for n in wf["nodes"]}
+        wired = {(types[a], types[b], nodes[b]["inputs"][slot]["name"]) for _, a, _, b, slot, _ in wf["links"]}
+        assert ("RefCompXVerseEncode", "RefCompApplyFLUX", "xverse") in wired
+        assert ("RefCompXVerseEncode", "FluxGuidance", "conditioning") in wired
+        assert (("RefCompInstanceEncode", "RefCompApplyFLUX", "instances") in wired) == with_ia
+        layout = parse_layout(canvas_layouts(wf)[0][0])
+        encode = next(n for n in wf["nodes"] if n["type"] == "RefCompXVerseEncode")
+        identity = [i for i in layout.instances if i.ref is not None and i.depth == "fg"]
+        assert len(identity) == 2 and all(f" {target_word(i.caption)} " in f" {encode['widgets_values'][0]} "
+                                          for i in identity)
+        assert (len(layout) > 2) == with_ia and "refcomp convert xverse" in next(
+            n for n in wf["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+
+
 def test_checker_finds_problems():
     wf = json.loads(WORKFLOWS[0].read_text())
     info = {"RefCompApplyFLUX": {"inputs": {"required": {"strength": ("FLOAT", {"min": 0, "max": 1})},
@@ -66,3 +89,16 @@ def test_workflows_match_real_node_schemas(object_info):
     for path in WORKFLOWS:
         problems = check_workflow(json.loads(path.read_text()), object_info)
         assert not problems, f"{path.name}: {problems}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_adapter_is_checked_before_the_encoders(path):
+    """Load Diffusion Model -> Load RefComp Model.model and Load RefComp Model -> Instance Encode.refcomp_model:
+    a checkpoint for another FLUX fails at load, before any encoder runs."""
+    wf = json.loads(path.read_text())
+    types = {n["id"]: n["type"] for n in wf["nodes"]}
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    wired = {(types[a], types[b], nodes[b]["inputs"][slot]["name"]) for _, a, _, b, slot, _ in wf["links"]}
+    assert ("UNETLoader", "RefCompLoader", "model") in wired
+    if "RefCompInstanceEncode" in types.values():
+        assert ("RefCompLoader", "RefCompInstanceEncode", "refcomp_model") in wired

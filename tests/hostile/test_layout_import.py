@@ -76,7 +76,7 @@ def test_a_valid_document_imports_in_order():
     layout = read(copy.deepcopy(BASE))
     assert [i.caption for i in layout.instances] == ["cat, a tabby cat", "chair"]
     assert layout.instances[1].box == (100 / 512, 50 / 384, 1.0, 1.0)
-    assert layout.extra == {"prompt": "a cat on a chair", "seed": 7}
+    assert layout.extra == {"prompt": "a cat on a chair"}                   # other keys (seed) are dropped
 
 
 # --- properties ---------------------------------------------------------------------------------

@@ -78,3 +78,13 @@ def test_convert_then_compose_gives_layout_and_scale_zero_is_vanilla(tiny, conve
 def test_too_few_steps_for_a_grounding_step_warns(tiny, converted, tmp_path, caplog):
     _compose(tiny, tmp_path, ["--adapter", str(converted)], "--steps", "3")
     assert "no grounding step" in caplog.text
+
+
+def test_python_import_matches_the_canvas_fixture_pair():
+    """The same InstanceAssemble document imports to the same layout v1 on the canvas (web/layout_codec.js,
+    tested against this pair with node --test) and in Python."""
+    from pathlib import Path
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "instanceassemble"
+    got = read_layout((fixtures / "dense_example.json").read_text(), num_refs=0).to_dict()
+    want = json.loads((fixtures / "dense_example.v1.json").read_text())
+    assert got == want

@@ -80,22 +80,47 @@ test("snap puts drawn, moved and resized edges on the 16 px grid", () => {
   assert.equal(snapValue(24), 32);
 });
 
-test("hitTest finds the topmost box and its handles", () => {
+test("pressTarget: handles only on the selected box; selected box wins; else topmost or draw", () => {
   const s = new LayoutState();
   s.addBox({ x: 100, y: 100 }, { x: 300, y: 300 });
   s.addBox({ x: 200, y: 200 }, { x: 400, y: 400 });
   s.select(-1);
-  assert.deepEqual(s.hitTest({ x: 250, y: 250 }), { index: 1, handle: null });
-  assert.deepEqual(s.hitTest({ x: 150, y: 150 }), { index: 0, handle: null });
-  assert.deepEqual(s.hitTest({ x: 102, y: 98 }), { index: 0, handle: "nw" });
-  assert.deepEqual(s.hitTest({ x: 400, y: 300 }), { index: 1, handle: "e" });
-  assert.deepEqual(s.hitTest({ x: 300, y: 404 }, 6), { index: 1, handle: "s" });
-  assert.deepEqual(s.hitTest({ x: 398, y: 403 }), { index: 1, handle: "se" });
-  assert.equal(s.hitTest({ x: 600, y: 600 }), null);
-  // The selected box's handle wins over a box on top of it.
+  assert.deepEqual(s.pressTarget({ x: 250, y: 250 }, 6), { kind: "move", index: 1, fresh: true });
+  assert.deepEqual(s.pressTarget({ x: 150, y: 150 }, 6), { kind: "move", index: 0, fresh: true });
+  // an unselected box's edge is not a handle: the press moves it (inside) or draws (outside)
+  assert.deepEqual(s.pressTarget({ x: 102, y: 98 }, 6), { kind: "draw" });
+  assert.deepEqual(s.pressTarget({ x: 600, y: 600 }, 6), { kind: "draw" });
+  s.select(1);
+  assert.deepEqual(s.pressTarget({ x: 400, y: 300 }, 6), { kind: "resize", index: 1, handle: "e" });
+  assert.deepEqual(s.pressTarget({ x: 300, y: 404 }, 6), { kind: "resize", index: 1, handle: "s" });
+  assert.deepEqual(s.pressTarget({ x: 398, y: 403 }, 6), { kind: "resize", index: 1, handle: "se" });
+  // the selected box's handles and interior win over a box on top of it
   s.select(0);
-  assert.deepEqual(s.hitTest({ x: 300, y: 250 }), { index: 0, handle: "e" });
-  assert.deepEqual(s.hitTest({ x: 250, y: 250 }), { index: 1, handle: null });
+  assert.deepEqual(s.pressTarget({ x: 300, y: 250 }, 6), { kind: "resize", index: 0, handle: "e" });
+  assert.deepEqual(s.pressTarget({ x: 250, y: 250 }, 6), { kind: "move", index: 0, fresh: false });
+  // draw mode, Shift and the padding start a new box anywhere (the selected box's handles still win)
+  assert.deepEqual(s.pressTarget({ x: 250, y: 250 }, 6, { shift: true }), { kind: "draw" });
+  s.setDrawMode(true);
+  assert.deepEqual(s.pressTarget({ x: 150, y: 150 }, 6), { kind: "draw" });
+  s.setDrawMode(false);
+  assert.deepEqual(s.pressTarget({ x: 98, y: 150 }, 6, { inImage: false }), { kind: "resize", index: 0, handle: "w" });
+  s.select(-1);
+  assert.deepEqual(s.pressTarget({ x: 98, y: 150 }, 6, { inImage: false }), { kind: "draw" });
+});
+
+test("repeated clicks cycle the selection through the boxes under the pointer", () => {
+  const s = new LayoutState();
+  s.addBox({ x: 0, y: 0 }, { x: 1024, y: 1024 });
+  s.addBox({ x: 100, y: 100 }, { x: 300, y: 300 });
+  s.addBox({ x: 200, y: 200 }, { x: 400, y: 400 });
+  s.select(-1);
+  assert.deepEqual(s.boxesAt({ x: 250, y: 250 }), [2, 1, 0]);
+  assert.deepEqual([1, 2, 3, 4].map(() => s.cycleSelect({ x: 250, y: 250 })), [2, 1, 0, 2]);
+  assert.equal(s.cycleSelect({ x: 150, y: 150 }), 1, "the selected box is not under the pointer: topmost");
+  s.select(0);
+  assert.equal(s.cycleSelect({ x: 600, y: 600 }), 0, "only one box there");
+  s.load({ version: 1, width: 64, height: 64, instances: [] });
+  assert.equal(s.cycleSelect({ x: 6, y: 6 }), -1);
 });
 
 test("small boxes can still be grabbed in the middle", () => {
@@ -187,7 +212,7 @@ test("reorder: forward, backward, front, back; selection follows", () => {
   assert.equal(s.selected, 0);
   // Topmost for hit testing is the last one.
   s.select(-1);
-  assert.equal(s.hitTest({ x: 50, y: 50 }).index, 3);
+  assert.equal(s.boxesAt({ x: 50, y: 50 })[0], 3);
 });
 
 test("arrow nudge: 1 px, 16 px with shift, clamped", () => {

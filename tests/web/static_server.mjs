@@ -1,5 +1,6 @@
 // Tiny static HTTP server for the browser test (no dependencies).
-// Serves `/web/*` from the repo's web/ folder and everything else from tests/web/fixtures/.
+// Serves `/web/*` from the repo's web/ folder and everything else from tests/web/fixtures/;
+// `/api/view` (ComfyUI's image route) answers with one small red PNG.
 
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
@@ -10,6 +11,8 @@ const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const ROOTS = { web: join(REPO, "web"), fixtures: join(REPO, "tests", "web", "fixtures") };
 const TYPES = { ".js": "text/javascript", ".mjs": "text/javascript", ".html": "text/html", ".css": "text/css",
   ".json": "application/json", ".png": "image/png" };
+
+const RED_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAQAAAAGCAIAAABrW6giAAAAFElEQVR4nGM8ISfHAANMDEiAHA4AT/wBEFJ55UUAAAAASUVORK5CYII=";
 
 /** Map a URL path to a file inside one of ROOTS, or null. @param {string} urlPath */
 function resolvePath(urlPath) {
@@ -25,6 +28,11 @@ function resolvePath(urlPath) {
  */
 export async function startStaticServer() {
   const server = createServer(async (req, res) => {
+    if ((req.url ?? "").startsWith("/api/view?")) {
+      res.writeHead(200, { "content-type": "image/png", "cache-control": "no-store" });
+      res.end(Buffer.from(RED_PNG, "base64"));
+      return;
+    }
     const file = resolvePath(req.url ?? "/");
     try {
       if (!file) throw new Error("outside roots");

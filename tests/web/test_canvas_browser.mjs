@@ -12,7 +12,7 @@
 
 import test from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { startStaticServer } from "./static_server.mjs";
 
 const CHROMIUM = process.env.REFCOMP_CHROMIUM ?? "/usr/bin/chromium";
@@ -54,6 +54,7 @@ async function openPage(t, pagePath) {
     await server.close();
   });
   const context = await browser.newContext({ viewport: { width: 900, height: 600 } });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"]);
   await context.route("**/*", (route) => {
     const host = new URL(route.request().url()).hostname;
     return host === "127.0.0.1" ? route.continue() : route.abort();
@@ -68,27 +69,37 @@ async function openPage(t, pagePath) {
   return { page, errors };
 }
 
-test("layout canvas in headless chromium: draw, move, resize, delete, undo, form", { timeout: 120_000 }, async (t) => {
-  const opened = await openPage(t, "canvas_page.html");
-  if (!opened) return;
-  const { page, errors } = opened;
-
+/**
+ * Helpers on canvas_page.html: the last layout JSON, client points of image points (via the
+ * view's own transform), real mouse drags (optionally with modifier keys held) and clicks.
+ * @param {import("playwright-core").Page} page
+ */
+function canvasPage(page) {
   const json = () => page.evaluate(() => /** @type {any} */ (window).__refcomp.json());
-  /** Viewport position of an image point, via the view's own transform. */
   const at = (x, y) => page.evaluate((p) => /** @type {any} */ (window).__refcomp.editor.view.imageToClient(p), { x, y });
-  /** A real mouse drag between two image points. */
-  const drag = async (from, to) => {
+  const drag = async (from, to, mods = []) => {
     const a = await at(...from);
     const b = await at(...to);
+    for (const m of mods) await page.keyboard.down(m);
     await page.mouse.move(a.x, a.y);
     await page.mouse.down();
     await page.mouse.move(b.x, b.y, { steps: 6 });
     await page.mouse.up();
+    for (const m of mods) await page.keyboard.up(m);
   };
   const click = async (x, y) => {
     const p = await at(x, y);
     await page.mouse.click(p.x, p.y);
+    await page.waitForTimeout(60);
   };
+  return { json, at, drag, click };
+}
+
+test("layout canvas in headless chromium: draw, move, resize, delete, undo, form", { timeout: 120_000 }, async (t) => {
+  const opened = await openPage(t, "canvas_page.html");
+  if (!opened) return;
+  const { page, errors } = opened;
+  const { json, at, drag, click } = canvasPage(page);
 
   // The view letterboxes a 2:1 image into the canvas: check the transform independently.
   const geo = await page.evaluate(() => {
@@ -163,8 +174,9 @@ test("layout canvas in headless chromium: draw, move, resize, delete, undo, form
   // 7. the form edits the selected box (the duplicate)
   await page.click('input[data-field="caption"]');
   await page.keyboard.type("a red armchair");
-  await page.selectOption('select[data-field="depth"]', "fg");
-  await page.selectOption('select[data-field="ref"]', "2");
+  await page.click('input[data-field="depth"][value="fg"]');
+  await page.fill('input[data-field="ref"]', "2");
+  await page.press('input[data-field="ref"]', "Tab");
   await page.check('input[data-field="alpha-on"]');
   await page.fill('input[data-field="alpha"]', "0.8");
   await page.press('input[data-field="alpha"]', "Tab");
@@ -175,6 +187,10 @@ test("layout canvas in headless chromium: draw, move, resize, delete, undo, form
   await page.press('input[data-field="alpha"]', "Tab");
   assert.equal((await json()).instances[2].alpha, 0.8, "out-of-range alpha is refused");
   assert.match(await page.textContent(".refcomp-panel"), /alpha must be a number in \[0, 1\]/);
+  await page.fill('input[data-field="ref"]', "4");
+  await page.press('input[data-field="ref"]', "Tab");
+  assert.equal((await json()).instances[2].ref, 2, "a ref past the reference count is refused");
+  assert.match(await page.textContent(".refcomp-panel"), /ref 4 is out of range: there are 4 references/);
 
   // 8. snap: a new box lands on the 16 px grid
   await page.check('input[data-field="snap"]');
@@ -269,6 +285,69 @@ test("ComfyUI glue with a fake app and node: hidden widget carries the JSON", { 
   assert.equal(await page.evaluate(() => /** @type {any} */ (window).__glue.widget("height").value), 768);
   assert.equal((await value()).height, 768);
 
+  // ComfyUI's undo history: one capture (a before/after pair) per finished edit, none while dragging
+  const captures = await page.evaluate(() => /** @type {any} */ (window).__glue.app.canvas);
+  assert.ok(captures.after >= 2 && captures.after === captures.before, JSON.stringify(captures));
+  const c0 = captures.after;
+  await page.mouse.move(a.x, a.y + 10);
+  await page.mouse.down();
+  await page.mouse.move(b.x, b.y, { steps: 8 });
+  await page.mouse.up();
+  assert.equal(await page.evaluate(() => /** @type {any} */ (window).__glue.app.canvas.after), c0 + 1, "a drag is one step");
+
+  // the DOM widget keeps the node's width whatever a properties panel writes into widget.width
+  assert.equal(await page.evaluate(() => {
+    const w = /** @type {any} */ (window).__glue.widget("layout_canvas");
+    w.width = 258;
+    return w.width;
+  }), undefined);
+
+  // num_refs is the reference count (no references connected); 0 means unknown
+  const issues = () => page.evaluate(() => /** @type {any} */ (window).__glue.node.widgets.find((w) => w.name === "layout_canvas")
+    .element.querySelector(".refcomp-error").textContent);
+  await page.evaluate(() => {
+    const g = /** @type {any} */ (window).__glue;
+    g.widget("layout_json").value = JSON.stringify({ version: 1, width: 1024, height: 512,
+      instances: [{ box: [0, 0, 0.5, 0.5], ref: 2, caption: "", depth: null, alpha: null }] });
+    g.node.onConfigure?.({});
+  });
+  assert.equal(await issues(), "", "num_refs 3: ref 2 is fine from the first frame");
+  const setNumRefs = (n) => page.evaluate((n) => {
+    const w = /** @type {any} */ (window).__glue.widget("num_refs");
+    w.value = n;
+    w.callback?.(n);
+  }, n);
+  await setNumRefs(2);
+  assert.match(await issues(), /ref 2 is out of range: there are 2 references/);
+  await setNumRefs(0);
+  assert.equal(await issues(), "", "num_refs 0 = unknown: no range check");
+
+  // a connected reference set with an IMAGE batch: count unknown until the node runs; its run
+  // output gives the thumbnails and the count
+  await setNumRefs(1);
+  await page.evaluate(() => {
+    const g = /** @type {any} */ (window).__glue;
+    g.node.inputs[0].link = 5;
+    g.node.onConnectionsChange?.();
+  });
+  assert.equal(await issues(), "", "connected references win over num_refs; unknown until run");
+  await page.evaluate(() => /** @type {any} */ (window).__glue.node.onExecuted({ refcomp_references: [
+    { filename: "a.png", subfolder: "refcomp", type: "temp" }, { filename: "b.png", subfolder: "refcomp", type: "temp" }] }));
+  assert.match(await issues(), /ref 2 is out of range: there are 2 references/);
+
+  // InstanceAssemble JSON set from outside (e.g. the properties panel) is converted and written back as v1
+  const ia = { width: 300, height: 200, prompt: "p", annos: [{ bbox: [0, 0, 150, 100], category_name: "cup", caption: "" }] };
+  const written = await page.evaluate((ia) => {
+    const g = /** @type {any} */ (window).__glue;
+    g.widget("layout_json").value = JSON.stringify(ia);
+    g.widget("layout_json").callback?.(JSON.stringify(ia));
+    return JSON.parse(g.widget("layout_json").value);
+  }, ia);
+  assert.deepEqual(written, { version: 1, width: 300, height: 200, prompt: "p",
+    instances: [{ box: [0, 0, 0.5, 0.5], ref: null, caption: "cup", depth: null, alpha: null }] });
+  assert.deepEqual(await page.evaluate(() => [/** @type {any} */ (window).__glue.widget("width").value,
+    /** @type {any} */ (window).__glue.widget("height").value]), [300, 200]);
+
   // onConfigure (workflow load) reloads from the widget; onRemoved tears down.
   const after = await page.evaluate(() => {
     const g = /** @type {any} */ (window).__glue;
@@ -279,5 +358,93 @@ test("ComfyUI glue with a fake app and node: hidden widget carries the JSON", { 
     return { boxes: JSON.parse(boxes).instances.length, canvases: document.querySelectorAll("canvas.refcomp-canvas").length };
   });
   assert.deepEqual(after, { boxes: 0, canvases: 0 });
+  assert.deepEqual(errors, []);
+});
+
+test("editor: keyboard focus only on inputs, draw mode, Shift-draw, click cycling, imports, bigger editor", { timeout: 120_000 }, async (t) => {
+  const opened = await openPage(t, "canvas_page.html");
+  if (!opened) return;
+  const { page, errors } = opened;
+  const { json, at, drag, click } = canvasPage(page);
+  const selected = () => page.evaluate(() => /** @type {any} */ (window).__refcomp.state.selected);
+  const focusTag = () => page.evaluate(() => document.activeElement?.tagName);
+
+  await drag([50, 50], [1000, 480]); // a background box over nearly everything
+  assert.equal(await focusTag(), "INPUT", "the canvas gives focus to its key sink input");
+  await drag([300, 100], [400, 200]);
+  assert.equal((await json()).instances.length, 1, "a plain drag on a box moves it");
+  await page.keyboard.press("Control+z");
+  await drag([300, 100], [400, 200], ["Shift"]);
+  assert.equal((await json()).instances.length, 2, "Shift+drag draws over a box");
+  await page.keyboard.press("b");
+  assert.equal(await page.getAttribute('[data-action="draw-mode"]', "aria-pressed"), "true", "B toggles draw mode");
+  await drag([600, 100], [700, 200]);
+  assert.equal((await json()).instances.length, 3, "draw mode: a drag on a box draws");
+  await page.click('[data-action="draw-mode"]');
+  assert.equal(await focusTag(), "INPUT", "toolbar buttons are inputs");
+  await page.keyboard.press("Control+z");
+  assert.equal((await json()).instances.length, 2, "Ctrl+Z on a toolbar button undoes in the canvas");
+
+  // click cycling at a point under box 1 and box 0
+  await page.keyboard.press("Escape");
+  const seq = [];
+  for (let k = 0; k < 3; k++) { await click(350, 150); await page.waitForTimeout(250); seq.push(await selected()); }
+  assert.deepEqual(seq, [1, 0, 1]);
+  await page.click('input[data-field="depth"][value="bg"]');
+  assert.equal(await focusTag(), "INPUT", "depth choices are inputs");
+  assert.equal((await json()).instances[1].depth, "bg");
+
+  // tooltip and list
+  const p = await at(350, 150);
+  await page.keyboard.press("Escape");
+  await page.mouse.move(p.x, p.y);
+  await page.mouse.move(p.x + 2, p.y + 1);
+  assert.match(await page.textContent(".refcomp-tooltip"), /#1 · bg/);
+  await page.click('[data-action="list"]');
+  assert.deepEqual(await page.$$eval(".refcomp-list [data-index]", (rows) => rows.map((r) => r.dataset.index)), ["1", "0"]);
+
+  // paste an InstanceAssemble layout with a real Ctrl+V in the canvas: it replaces the layout
+  const ia = readFileSync(new URL("../fixtures/instanceassemble/dense_example.json", import.meta.url), "utf8");
+  const v1 = JSON.parse(readFileSync(new URL("../fixtures/instanceassemble/dense_example.v1.json", import.meta.url), "utf8"));
+  await page.evaluate((text) => navigator.clipboard.writeText(text), ia);
+  await click(900, 480);
+  await page.keyboard.press("Control+v");
+  await page.waitForTimeout(100);
+  let j = await json();
+  assert.deepEqual([j.width, j.height, j.prompt], [1500, 1000, v1.prompt]);
+  assert.deepEqual(j.instances.map((i) => i.caption), v1.instances.map((i) => i.caption));
+  j.instances.forEach((inst, i) => inst.box.forEach((v, k) => assert.ok(Math.abs(v - v1.instances[i].box[k]) < 1e-9)));
+  await page.keyboard.press("Control+z");
+  assert.equal((await json()).instances.length, 2, "the import is one undo step");
+  // "open" reads a file: BOUNDING_BOXES add boxes
+  await page.setInputFiles('[data-action="import-file"]', { name: "boxes.json", mimeType: "application/json",
+    buffer: Buffer.from(JSON.stringify([{ x: 10, y: 10, width: 100, height: 60, metadata: "a cup" }])) });
+  await page.waitForFunction(() => /** @type {any} */ (window).__refcomp.state.instances.length === 3);
+  assert.equal((await json()).instances[2].caption, "a cup");
+  // a .json file dropped on the canvas is imported too
+  const dt = await page.evaluateHandle(() => {
+    const d = new DataTransfer();
+    d.items.add(new File([JSON.stringify([{ x: 500, y: 300, width: 80, height: 80, metadata: "a plate" }])], "b.json",
+      { type: "application/json" }));
+    return d;
+  });
+  await page.dispatchEvent("canvas.refcomp-canvas", "drop", { dataTransfer: dt });
+  await page.waitForFunction(() => /** @type {any} */ (window).__refcomp.state.instances.length === 4);
+  assert.equal((await json()).instances[3].caption, "a plate");
+  await page.keyboard.press("Control+z");
+  await page.evaluate(() => navigator.clipboard.writeText("{ not json"));
+  await click(900, 480);
+  await page.keyboard.press("Control+v");
+  assert.equal((await json()).instances.length, 3, "a bad paste changes nothing");
+
+  // the bigger editor holds the same editor; Escape closes it
+  await page.click('[data-action="expand"]');
+  assert.equal(await page.$$eval(".refcomp-modal canvas.refcomp-canvas", (c) => c.length), 1);
+  await drag([400, 300], [500, 420], ["Shift"]);
+  assert.equal((await json()).instances.length, 4, "drawing works in the bigger editor");
+  await page.keyboard.press("Escape");
+  await page.keyboard.press("Escape");
+  assert.equal(await page.$$eval(".refcomp-modal", (m) => m.length), 0);
+  assert.equal(await page.$$eval("#host canvas.refcomp-canvas", (c) => c.length), 1, "the editor is back in place");
   assert.deepEqual(errors, []);
 });
