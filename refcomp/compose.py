@@ -28,13 +28,14 @@ from refcomp_core.hosts.diffusers_flux import patch_flux
 from refcomp_core.layout_import import from_instanceassemble, is_instanceassemble
 from refcomp_core.values import one_line
 from refcomp_core.xverse import fill_entities
+from refcomp_core.xverse.identity import identity_boxes, label_alpha
 
 from .encoders import instance_features
 from .models import ComposeModels, load_models
 from .options import ComposeOptions
 from .preview import draw_layout
 from .refs import check_reference_count, list_reference_files, load_references, to_rgb
-from .xverse_inputs import build_xverse_run, check_id_refs, check_identity_boxes, identity_boxes, label_alpha
+from .xverse_inputs import build_xverse_run, check_id_refs, check_identity_boxes
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,10 @@ from refcomp_core.session import XVerseRun
 from refcomp_core.values import show
 from refcomp_core.xverse import PRESETS, SpanBinding, SpanNotFoundError, XVerseAdapter, bind_spans
 from refcomp_core.xverse.compose import XVerseReference, adapter_loras, build_run, confine_mask
+from refcomp_core.xverse.identity import MAX_IDENTITY_REFS
 from refcomp_core.xverse.spans import T5_LENGTH
 
 log = logging.getLogger(__name__)
-
-MAX_IDENTITY_REFS = 8       # XVerse's reference position ids are exact up to 16; each costs 256 tokens per block
-
 
 @dataclass
 class XVerseModels:
@@ -140,19 +138,6 @@ def reference_latents(pipe: Any, square: Image.Image, cond_size: int, generator:
     z = vae.encode(x.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample(generator=generator)
     z = (z - vae.config.shift_factor) * vae.config.scaling_factor
     return rearrange(z, "1 c (h p) (w q) -> (h w) (c p q)", p=2, q=2)
-
-
-def identity_boxes(layout: Layout, alpha: Sequence[float] | None) -> list[int]:
-    """Instances XVerse keeps the identity of: every box with a reference when XVerse runs alone
-    (`alpha` None), else those whose alpha is >= 0.5."""
-    return [i for i, inst in enumerate(layout.instances)
-            if inst.ref is not None and (alpha is None or alpha[i] >= 0.5)]
-
-
-def label_alpha(layout: Layout) -> list[float]:
-    """alpha without a predictor (neither release has one): the box's manual alpha, else its depth
-    label (fg -> 1; mg, bg, none -> 0)."""
-    return [float(i.alpha) if i.alpha is not None else (1.0 if i.depth == "fg" else 0.0) for i in layout.instances]
 
 
 def check_identity_boxes(layout: Layout, chosen: Sequence[int], id_refs: Sequence[int]) -> None:

@@ -5,6 +5,8 @@
 - `adapter`: `XVerseAdapter` (both resamplers and the LoRA pairs), what a converted file rebuilds;
 - `spans`: T5 span binding of reference captions to prompt tokens;
 - `presets`: the official entry points' settings, the VAE-skip schedule, reference position ids.
+- `identity`: which layout boxes are identity references (alpha from the label), and their cap;
+- `compose`: one run's state from the references (`build_run`), the experimental `confine_mask`.
 
 Converting and loading the released files: `refcomp_core.released.xverse`.
 """

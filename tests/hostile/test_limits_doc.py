@@ -10,11 +10,12 @@ import pytest
 from hostile_strategies import png_declaring
 from refcomp.compose import ComposeOptions
 from refcomp.refs import read_reference
-from refcomp.xverse_inputs import MAX_IDENTITY_REFS, check_identity_boxes
+from refcomp.xverse_inputs import check_identity_boxes
 from refcomp_core import RefCompConfig, parse_layout
 from refcomp_core.errors import RefCompError
 from refcomp_core.limits import (MAX_CAPTION_CHARS, MAX_FILE_BLOCKS, MAX_FILE_DIM, MAX_IMAGE_PIXELS, MAX_INSTANCES,
                                  MAX_SIDE_PX, MAX_STEPS)
+from refcomp_core.xverse.identity import MAX_IDENTITY_REFS
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "limits.md").read_text(encoding="utf-8")
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
