@@ -4,7 +4,7 @@
 - `resampler`: the T-Mod adapter's resamplers with the released key names, and `offsets()`;
 - `adapter`: `XVerseAdapter` (both resamplers and the LoRA pairs), what a converted file rebuilds;
 - `spans`: T5 span binding of reference captions to prompt tokens;
-- `presets`: the official entry points' settings, the VAE-skip schedule, reference position ids.
+- `presets`: the official entry points' settings, the VAE-skip schedule, reference position ids;
 - `identity`: which layout boxes are identity references (alpha from the label), and their cap;
 - `compose`: one run's state from the references (`build_run`), the experimental `confine_mask`.
 
