@@ -101,5 +101,6 @@ def xverse_apply(model: Any, bundle: Any) -> XVerseApply:
     mm.load_models_gpu([xv.resampler])
     inputs = bundle.inputs
     run = build_run(xv.xverse, inputs.references, inputs.binding, inputs.preset, axes_dim=dims.axes_dim,
-                    theta=dims.theta, num_double_blocks=dims.num_double_blocks, loras=adapter_loras(xv.xverse))
+                    theta=dims.theta, num_double_blocks=dims.num_double_blocks, loras=adapter_loras(xv.xverse),
+                    confine=inputs.confine_mask())
     return XVerseApply(run=run, patcher=xv.patcher)

@@ -41,6 +41,10 @@ class RefCompXVerseEncode(io.ComfyNode):
                                        "demo / benchmark (LoRA scale 0.85)"),
                 io.String.Input("id_refs", default="", tooltip="Reference indices that are people ('0, 2'): they use "
                                                                "XVerse's ID weight (3) instead of the object weight (5)"),
+                io.Boolean.Input("confine", default=False,
+                                 tooltip="Experimental (RefComp, not XVerse): in the single blocks, image tokens outside "
+                                         "a reference's box cannot attend to that reference. Sample at the canvas "
+                                         "size"),
             ],
             outputs=[io.Conditioning.Output("conditioning", tooltip="The prompt at 128 T5 tokens, for the sampler "
                                                                     "(add FluxGuidance as usual)"),
@@ -48,7 +52,7 @@ class RefCompXVerseEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, xverse_model, layout, references, clip, clip_vision, vae, prompt: str = "", preset: str = "cli",
-                id_refs: str = "") -> io.NodeOutput:
+                id_refs: str = "", confine: bool = False) -> io.NodeOutput:
         import comfy.latent_formats
 
         if getattr(xverse_model, "kind", None) != "xverse":
@@ -59,7 +63,8 @@ class RefCompXVerseEncode(io.ComfyNode):
         fmt = comfy.latent_formats.Flux()
         inputs = prepare(layout, references.images, prompt, clip=clip, clip_vision=clip_vision, vae=vae,
                          preset=PRESETS[preset], id_refs=parse_id_refs(id_refs, len(references)),
-                         process_in=fmt.process_in, progress=progress_bar(max(1, len(layout.instances))))
+                         process_in=fmt.process_in, confine=confine,
+                         progress=progress_bar(max(1, len(layout.instances))))
         from .xverse_inputs import encode_t5
         cond, pooled = encode_t5(clip, prompt)
         return io.NodeOutput([[cond, {"pooled_output": pooled}]], XVerseBundle(model=xverse_model, inputs=inputs))

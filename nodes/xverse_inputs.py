@@ -23,19 +23,21 @@ from einops import rearrange
 from refcomp_core.errors import RefCompError
 from refcomp_core.layout import Layout
 from refcomp_core.xverse.compose import XVerseReference
+from refcomp_core.xverse.identity import MAX_IDENTITY_REFS, label_alpha
+from refcomp_core.xverse.identity import identity_boxes as core_identity_boxes
 from refcomp_core.xverse.presets import XVersePreset
 from refcomp_core.xverse.spans import T5_LENGTH, SpanBinding, bind_spans, target_word
 
 log = logging.getLogger(__name__)
 
 T5_EOS, T5_PAD = 1, 0
-MAX_IDENTITY_REFS = 8
 
 
 @dataclass
 class XVerseInputs:
     """What XVerse Encode prepared, for Apply: the references, their binding to the prompt, the preset,
-    which layout boxes they are, and the per-image-token confinement (experimental)."""
+    which layout boxes they are (indices, normalized boxes, the canvas size in px), and whether to confine
+    each reference to its box (experimental)."""
 
     references: list[XVerseReference]
     binding: SpanBinding
@@ -43,6 +45,15 @@ class XVerseInputs:
     boxes: list[int]
     confine: bool = False
     words: list[str] = field(default_factory=list)
+    box_coords: list[tuple[float, float, float, float]] = field(default_factory=list)
+    canvas: tuple[int, int] = (1024, 1024)
+
+    def confine_mask(self) -> torch.Tensor | None:
+        """(image tokens of the canvas, references) or None when not confined."""
+        from refcomp_core.geometry import TokenGrid
+        from refcomp_core.xverse.compose import confine_mask
+        return confine_mask(self.box_coords, TokenGrid.from_pixels(self.canvas[1], self.canvas[0])) \
+            if self.confine else None
 
 
 def parse_id_refs(text: str, count: int) -> set[int]:
@@ -60,13 +71,8 @@ def parse_id_refs(text: str, count: int) -> set[int]:
 
 
 def identity_boxes(layout: Layout) -> list[int]:
-    """Boxes with a reference and alpha >= 0.5 (manual alpha, else 1 for fg and 0 otherwise)."""
-    out = []
-    for i, inst in enumerate(layout.instances):
-        alpha = inst.alpha if inst.alpha is not None else (1.0 if inst.depth == "fg" else 0.0)
-        if isinstance(inst.ref, int) and alpha >= 0.5:
-            out.append(i)
-    return out
+    """Boxes with a reference and alpha >= 0.5, alpha by the label rule (refcomp_core.xverse.identity)."""
+    return core_identity_boxes(layout, label_alpha(layout))
 
 
 def t5_tokens(clip: Any, text: str, length: int = T5_LENGTH) -> dict:
@@ -175,4 +181,5 @@ def prepare(layout: Layout, images: Sequence[torch.Tensor], prompt: str, *, clip
         log.info("XVerse: %d identity reference(s) %s; each adds %d tokens to every block", len(boxes),
                  [target_word(c) for c in captions], preset.reference_tokens)
     return XVerseInputs(references=refs, binding=binding, preset=preset, boxes=boxes, confine=confine,
-                        words=[target_word(c) for c in captions])
+                        words=[target_word(c) for c in captions],
+                        box_coords=[layout.instances[i].box for i in boxes], canvas=(layout.width, layout.height))

@@ -74,6 +74,7 @@ class XVerseState:
     lam: Tensor
     tokens_per_ref: int
     confine: Tensor | None = None
+    _bias: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_refs(self) -> int:
@@ -253,7 +254,14 @@ class XVerseSingle(Pathway):
 
     def bias(self, txt_len: int, rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """(1, 1, L+N, S): log lambda_j over reference j for image rows and bound prompt rows, -inf for
-        the other prompt rows (and, with `confine`, for the image rows outside reference j's box)."""
+        the other prompt rows (and, with `confine`, for the image rows outside reference j's box).
+        Built once per sequence shape, dtype and device."""
+        key = (txt_len, rows, dtype, str(device))
+        if key not in self.state._bias:
+            self.state._bias[key] = self._bias(txt_len, rows, dtype, device)
+        return self.state._bias[key]
+
+    def _bias(self, txt_len: int, rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         st = self.state
         t = st.tokens_per_ref
         per_ref = lambda_bias(st.lam, dtype).to(device)                                  # (r,)
@@ -264,8 +272,9 @@ class XVerseSingle(Pathway):
         bias[:txt_len] = torch.where(bound, cols[None], blocked)
         if st.confine is not None:
             if st.confine.shape != (rows - txt_len, st.num_refs):
-                raise ValueError(f"XVerse confine mask has shape {tuple(st.confine.shape)}, the block has "
-                                 f"{rows - txt_len} image tokens and {st.num_refs} references")
+                raise ValueError(f"XVerse confine: the mask covers {st.confine.shape[0]} image tokens (the canvas "
+                                 f"size) but the image being sampled has {rows - txt_len}; sample at the canvas size "
+                                 "or switch confine off")
             inside = st.confine.to(device).repeat_interleave(t, dim=1)                   # (N, S)
             bias[txt_len:] = torch.where(inside, bias[txt_len:], blocked)
         return bias[None, None]

@@ -74,3 +74,14 @@ def test_id_refs_parse() -> None:
     assert xi.parse_id_refs("0, 2", 3) == {0, 2} and xi.parse_id_refs("", 3) == set()
     with pytest.raises(RefCompError, match="id_refs: '5' is not a reference index in 0..2"):
         xi.parse_id_refs("5", 3)
+
+
+def test_confine_mask_covers_the_canvas_grid() -> None:
+    prep = xi.prepare(LAYOUT, IMAGES, "a cat and a dog at home", clip=CLIP, clip_vision=VISION,
+                      vae=driver_nodes._Vae(), preset=PRESETS["cli"], id_refs=set(), process_in=lambda z: z, confine=True)
+    mask = prep.confine_mask()
+    assert mask.shape == (6 * 8, 2) and prep.canvas == (128, 96)          # 96 x 128 px = 6 x 8 tokens
+    assert bool(mask[2 * 8 + 0, 0]) and not bool(mask[2 * 8 + 0, 1])       # row 2, col 0: in the cat box only
+    assert not bool(mask[0, 0]) and not bool(mask[0, 1])                  # the top row: in neither box
+    prep.confine = False
+    assert prep.confine_mask() is None

@@ -162,5 +162,5 @@ def test_confine_matches_oracle(setup, one_thread) -> None:
         free = xverse_oracle.forward(ref_model, inputs, xv)
     assert float((want - free).abs().max()) > 1e-3                   # the mask acts
     assert float((got - want).abs().max()) <= 1e-5, float((got - want).abs().max())
-    with pytest.raises(ValueError, match="confine mask has shape"):
+    with pytest.raises(ValueError, match="the mask covers 23 image tokens"):
         _run(model, lora, dict(xv, confine=confine[:-1]), XVerseScales())
