@@ -29,7 +29,7 @@ from ..config import IA_DOUBLE_SITES, IA_SINGLE_SITES, IAConfig, RefCompConfig
 from ..errors import CheckpointError
 from ..limits import MAX_FILE_BLOCKS, MAX_FILE_DIM
 from ..values import one_line, show
-from .lora_keys import DOUBLE_MODULES, SINGLE_MODULES, check_metadata, multipliers, parse_lora, site_of
+from .lora_keys import DOUBLE_MODULES, SINGLE_MODULES, check_dims, check_metadata, multipliers, parse_lora, site_of
 from .tables import tensor_problem
 
 log = logging.getLogger(__name__)
@@ -216,12 +216,7 @@ def read_lora(path: str | os.PathLike, spec: TargetSpec) -> tuple[dict[str, tupl
         raise CheckpointError(f"--lora {path}: none of its {len(modules)} LoRA modules is one InstanceAssemble "
                               "switches on (q/k/v/out, the AdaLN and second FFN linears of double blocks "
                               f"{list(ia_blocks(spec)[0])} and single block 0); this is not InstanceAssemble's LoRA")
-    for module, lora in live.items():
-        want_in, want_out = sites[module]
-        if lora.down.shape[1] != want_in or lora.up.shape[0] != want_out:
-            raise CheckpointError(f"--lora {path}: {module} has lora_A {tuple(lora.down.shape)} / lora_B "
-                                  f"{tuple(lora.up.shape)}; a model of hidden size {spec.hidden_size} needs "
-                                  f"(rank, {want_in}) / ({want_out}, rank)")
+    check_dims(live, sites, f"--lora {path}", spec.hidden_size)
     check_metadata(metadata, live, f"--lora {path}")
     mult = multipliers(live, f"--lora {path}")
     return {_site(m): (lora.down, lora.up, mult[m]) for m, lora in live.items()}, dead
