@@ -230,11 +230,15 @@ class BlockBench:
         return state, make_call(self.adapter, state, self.dims, self.device, **switches)
 
 
-def block_bench(description: str, argv: list[str] | None = None) -> BlockBench:
-    """Parse the shared arguments and build the shared set-up (a diffusers double block)."""
+def block_bench(description: str, argv: list[str] | None = None,
+                extra: Callable[[argparse.ArgumentParser], Any] | None = None) -> BlockBench:
+    """Parse the shared arguments (plus a script's `extra` ones) and build the shared set-up
+    (a diffusers double block)."""
     from refcomp_core.hosts.diffusers_flux import double_view
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     dims, device, dtype = setup(args)
     block = vanilla_block(dims, device, dtype, args.seed)

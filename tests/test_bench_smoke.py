@@ -29,8 +29,8 @@ def _run(script: str) -> dict[str, float]:
                          "patched_block(mod only)/vanilla_block instances=3",
                          "whole-run double-block cost/vanilla instances=50",
                          "whole-run transformer cost/vanilla instances=3"]),
-    ("attention_loop.py", ["bucketed/loop boxes=3 seeded", "padded+mask/loop boxes=50 seeded",
-                           "bucketed/loop boxes=50 equal 5x5"]),
+    ("attention_loop.py", ["packed/per_box boxes=3 seeded", "padded+mask/per_box boxes=50 seeded",
+                           "bucketed/per_box boxes=50 equal 5x5"]),
 ])
 def test_bench_prints_ratios(script: str, labels: list[str]) -> None:
     ratios = _run(script)
