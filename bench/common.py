@@ -275,13 +275,14 @@ class Timings:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int, warmup: int,
-                     device: torch.device) -> Timings:
+                     device: torch.device, inference: bool = True) -> Timings:
     """Time each fn `repeats` rounds, each round running every fn once in a rotated order
-    (so no fn always runs first or after the same neighbour)."""
+    (so no fn always runs first or after the same neighbour). `inference`: run under
+    `torch.inference_mode` (False for training steps)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     names = list(fns)
     out = Timings({name: [] for name in names}, {name: [] for name in names})
-    with torch.inference_mode():
+    with torch.inference_mode(inference):
         for _ in range(warmup):
             for name in names:
                 fns[name]()

@@ -69,7 +69,10 @@ class GridIndex:
         """`rope` at the covered tokens (asm_cov + offset), with its rotation built.
 
         Cached while the host passes the same rope tensors (every block of one transformer
-        forward); the cache holds `rope`, so its storage cannot be reused by another tensor."""
+        forward); the cache holds `rope`, so its storage cannot be reused by another tensor.
+        Under torch.compile the rows are gathered in the graph instead."""
+        if torch.compiler.is_compiling():
+            return rope[self.asm_cov + offset]
         key = (rope.cos.data_ptr(), rope.sin.data_ptr(), tuple(rope.cos.shape), rope.cos.stride(),
                rope.cos.device, offset)
         if self._rope is None or self._rope[0] != key:

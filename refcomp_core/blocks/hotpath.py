@@ -13,13 +13,12 @@ Both compute the same function; tests force each path on CPU (`force`) and compa
 from __future__ import annotations
 
 import contextlib
-from contextvars import ContextVar
 from typing import Iterator, Literal
 
 import torch
 
 Path = Literal["loop", "fused"]
-_FORCED: ContextVar[Path | None] = ContextVar("refcomp_hot_path", default=None)
+_FORCED: list[Path | None] = [None]      # a plain global (not a ContextVar): torch.compile traces it
 
 
 def has_flex_attention() -> bool:
@@ -33,7 +32,7 @@ def has_flex_attention() -> bool:
 
 def fused(device: torch.device) -> bool:
     """True when block calls on `device` take the fused path."""
-    forced = _FORCED.get()
+    forced = _FORCED[0]
     if forced is not None:
         return forced == "fused"
     return device.type == "cuda" and has_flex_attention()
@@ -44,8 +43,8 @@ def force(path: Path | None) -> Iterator[None]:
     """Run every block call inside the `with` on `path` whatever the device (None: by device)."""
     if path not in (None, "loop", "fused"):
         raise ValueError(f"hot path must be 'loop', 'fused' or None, got {path!r}")
-    token = _FORCED.set(path)
+    before, _FORCED[0] = _FORCED[0], path
     try:
         yield
     finally:
-        _FORCED.reset(token)
+        _FORCED[0] = before
