@@ -8,7 +8,7 @@ with `bench/op_count.py` (a `TorchDispatchMode` counter; counts do not depend on
 | design                                            | vanilla | mod only | mod + assemble, 18 | 50  |
 |---------------------------------------------------|---------|----------|--------------------|-----|
 | before issue 13 (265cad4: per-box gathers + SDPA) | 114     | 163      | 509                | 925 |
-| now, loop path (CPU: per-segment SDPA views)      | 114     | 163      | 413                | 632 |
+| now, loop path (CPU: the same per-box loop)       | 114     | 163      | 504                | 920 |
 | now, fused path (CUDA: one flex_attention call)   | 114     | 127      | 245                | 245 |
 
 The fused path is what CUDA runs; here it runs on CPU (flex_attention counted as the one kernel

@@ -1,8 +1,8 @@
 """Which hot path a patched block takes, chosen by device (issue 13, DESIGN §7).
 
-- `loop` (CPU): per-segment SDPA over the packed sequences and sparse blends (gather, blend,
-  `index_add` on covered tokens only). Fastest measured on CPU, where work counts and launches
-  are nearly free.
+- `loop` (CPU): one SDPA per box (Assemble-Attn) or per packed segment (InstanceAssemble) and
+  sparse blends (gather, blend, `index_add` on covered tokens only). Fastest measured on CPU,
+  where the work done counts and launches are nearly free.
 - `fused` (CUDA): one `flex_attention` call over all packed sequences with a document block mask
   built once per layout, and dense blends (a (tokens x FG) weight matrix times the offsets, the FG
   box means as one matmul). Few, large kernels: on a GPU the many small ops of the loop path leave
