@@ -230,11 +230,15 @@ class BlockBench:
         return state, make_call(self.adapter, state, self.dims, self.device, **switches)
 
 
-def block_bench(description: str, argv: list[str] | None = None) -> BlockBench:
-    """Parse the shared arguments and build the shared set-up (a diffusers double block)."""
+def block_bench(description: str, argv: list[str] | None = None,
+                extra: Callable[[argparse.ArgumentParser], Any] | None = None) -> BlockBench:
+    """Parse the shared arguments (plus a script's `extra` ones) and build the shared set-up
+    (a diffusers double block)."""
     from refcomp_core.hosts.diffusers_flux import double_view
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     dims, device, dtype = setup(args)
     block = vanilla_block(dims, device, dtype, args.seed)
@@ -271,13 +275,14 @@ class Timings:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int, warmup: int,
-                     device: torch.device) -> Timings:
+                     device: torch.device, inference: bool = True) -> Timings:
     """Time each fn `repeats` rounds, each round running every fn once in a rotated order
-    (so no fn always runs first or after the same neighbour)."""
+    (so no fn always runs first or after the same neighbour). `inference`: run under
+    `torch.inference_mode` (False for training steps)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     names = list(fns)
     out = Timings({name: [] for name in names}, {name: [] for name in names})
-    with torch.inference_mode():
+    with torch.inference_mode(inference):
         for _ in range(warmup):
             for name in names:
                 fns[name]()

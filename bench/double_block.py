@@ -5,7 +5,9 @@ Timed in one process, interleaved, against the same block weights:
 - plain: `refcomp_core.blocks.run_double` with both pathways off (our block math alone);
 - mod n: modulation pathway only (per-token AdaLN of n instances, about half FG; feedback bridge),
   i.e. a step outside the layout window;
-- full n: modulation + Assemble-Attn (a step inside the layout window).
+- full n: modulation + Assemble-Attn (a step inside the layout window);
+- with --mod-paths, also mod n on the fused (CUDA) hot path, to check that the CPU keeps the
+  faster blend (the fused path's attention is not timed on CPU: eager flex_attention is dense).
 
 The whole-run overhead is *computed* from the measured per-block ratios: with the
 default windows the layout branch runs in the first 30 % of the steps and the
@@ -21,7 +23,7 @@ import logging
 import torch
 
 from common import block_bench, box_tokens, make_call, report, report_value, time_interleaved
-from refcomp_core.blocks import run_double
+from refcomp_core.blocks import hotpath, run_double
 from refcomp_core.controls import Controls
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,17 @@ log = logging.getLogger(__name__)
 FLUX_DOUBLE, FLUX_SINGLE = 19, 38
 
 
+def _on_path(path: str, fn):
+    def call():
+        with hotpath.force(path):
+            return fn()
+    return call
+
+
 def main(argv: list[str] | None = None) -> None:
-    b = block_bench(__doc__.split("\n")[0], argv)
+    b = block_bench(__doc__.split("\n")[0], argv, extra=lambda p: p.add_argument(
+        "--mod-paths", action="store_true", help="also time the modulation-only step on the fused path"))
+    mod_paths = b.args.mod_paths
     args, dims, dtype, block, view, rope, diff_rope = b.args, b.dims, b.dtype, b.block, b.view, b.rope, b.diff_rope
     img, txt, vec, device = b.img, b.txt, b.vec, b.device
 
@@ -56,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
            "plain": lambda: run_double(view, img, txt, vec, rope, plain.pathways, vanilla=None)}
     for name, call in calls.items():
         fns[name] = lambda call=call: run_double(view, img, txt, vec, rope, call.pathways, vanilla=None)
+        if mod_paths and name.startswith("mod"):
+            fns[f"{name}_fused"] = _on_path("fused", fns[name])
     times = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup, device=device)
     log.info("median times: %s", times.medians())
 
@@ -68,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         report(f"patched_block(mod+assemble)/vanilla_block instances={n}", times, f"full{n}", "vanilla", target)
         report(f"patched_block(mod only)/vanilla_block instances={n}", times, f"mod{n}", "vanilla",
                "steps outside the layout window")
+        if mod_paths:
+            report(f"mod only fused path/loop path instances={n}", times, f"mod{n}_fused", f"mod{n}",
+                   "the dense blend on this device")
         per_block = share * r_full + (1 - share) * r_mod
         report_value(f"whole-run double-block cost/vanilla instances={n}", per_block,
                f"computed: {share:.0%} of steps x full + {1 - share:.0%} x mod-only")

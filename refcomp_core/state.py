@@ -12,9 +12,11 @@ from typing import Callable
 import torch
 
 from .adapter import RefCompAdapter
+from .blocks.packed import Packing
 from .errors import MissingEncoderError
 from .geometry import TokenGrid, box_token_indices, soft_mask
 from .layout import DEPTHS, Layout
+from .rope import Rope
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +39,68 @@ class InstanceFeatures:
 
 @dataclass
 class GridIndex:
-    """Token index lists and masks of one state on one grid (and device).
+    """Token index lists and masks of one state on one grid (and device), built once.
 
     asm_cov: (ta,) sorted tokens covered by any box; asm_pos[i]: (t_i,) positions of
-    box i's tokens inside asm_cov; asm_count: (ta,) boxes covering each token.
+    box i's tokens inside asm_cov; asm_count: (ta,) boxes covering each token;
+    asm_packing: the [l_i ; box i] sequences packed end to end (`blocks.packed`).
     mod_cov: (tm,) tokens in any FG box's support; mod_w: (tm, g) weights w_i.
-    fg_tok / fg_seg: flat token indices of FG boxes and their FG instance id.
+    fg_tok / fg_seg: flat token indices of FG boxes and their FG instance id; fg_size: (g,).
+    Dense forms for the fused (CUDA) hot path: mod_dense (N, g) the weights over the whole grid
+    (0 outside every support), fg_pool (g, N) the mean over each FG box as a matrix.
     """
 
     asm_cov: torch.Tensor
     asm_pos: list[torch.Tensor]
     asm_count: torch.Tensor
+    asm_packing: Packing
     mod_cov: torch.Tensor
     mod_w: torch.Tensor
+    mod_dense: torch.Tensor
     fg_tok: torch.Tensor
     fg_seg: torch.Tensor
     fg_size: torch.Tensor
+    fg_pool: torch.Tensor
     centres: torch.Tensor       # (n, 2) (row, col) position ids of box centres
+    _cast: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
+    _rope: tuple | None = field(default=None, repr=False)
+
+    def covered_rope(self, rope: Rope, offset: int) -> Rope:
+        """`rope` at the covered tokens (asm_cov + offset), with its rotation built.
+
+        Cached while the host passes the same rope tensors (every block of one transformer
+        forward); the cache holds `rope`, so its storage cannot be reused by another tensor.
+        Under torch.compile the rows are gathered in the graph instead."""
+        if torch.compiler.is_compiling():
+            return rope[self.asm_cov + offset]
+        key = (rope.cos.data_ptr(), rope.sin.data_ptr(), tuple(rope.cos.shape), rope.cos.stride(),
+               rope.cos.device, offset)
+        if self._rope is None or self._rope[0] != key:
+            rows = rope[self.asm_cov + offset]
+            rows.turn                                                   # noqa: B018 (built once here)
+            self._rope = (key, rope, rows)
+        return self._rope[2]
+
+    def blend_matrix(self, length: int, offset: int, dtype: torch.dtype) -> torch.Tensor:
+        """[w | 1] over a stream of `length` tokens whose grid starts at `offset`: rows of tokens
+        outside every FG support are (0, ..., 0, 1).  -> (length, g + 1), cached per arguments.
+
+        Times [delta (g rows) ; base] it gives each token's modulation in one matmul."""
+        key = ("blend", length, offset, dtype)
+        if key not in self._cast:
+            n, g = self.mod_dense.shape
+            m = torch.zeros(length, g + 1, device=self.mod_dense.device)
+            m[offset:offset + n, :g] = self.mod_dense
+            m[:, g] = 1.0
+            self._cast[key] = m.to(dtype)
+        return self._cast[key]
+
+    def pool_matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """fg_pool in `dtype`, cached.  -> (g, N)"""
+        key = ("pool", dtype)
+        if key not in self._cast:
+            self._cast[key] = self.fg_pool.to(dtype)
+        return self._cast[key]
 
 
 @dataclass
@@ -114,26 +161,31 @@ def _build_grid(state: CompositionState, grid: TokenGrid, margin: float, device:
         asm_count = torch.zeros(0)
         asm_pos = []
     fg = state.fg_ids.tolist()
+    n_tok = grid.n
     if fg:
-        masks = torch.stack([soft_mask(boxes[i], grid, margin) for i in fg], dim=1)     # (t, g)
-        weights = masks / masks.sum(dim=1, keepdim=True).clamp(min=1.0)
+        masks = torch.stack([soft_mask(boxes[i], grid, margin) for i in fg], dim=1)     # (N, g)
+        mod_dense = masks / masks.sum(dim=1, keepdim=True).clamp(min=1.0)
         mod_cov = torch.nonzero(masks.sum(dim=1) > 0).squeeze(1)
-        mod_w = weights[mod_cov]
+        mod_w = mod_dense[mod_cov]
         fg_tok = torch.cat([idx[i] for i in fg])
         fg_seg = torch.cat([torch.full((idx[i].numel(),), j, dtype=torch.long) for j, i in enumerate(fg)])
         fg_size = torch.tensor([idx[i].numel() for i in fg], dtype=torch.float32)
+        fg_pool = torch.zeros(len(fg), n_tok).index_put_((fg_seg, fg_tok), (1 / fg_size)[fg_seg])   # (g, N)
     else:
         mod_cov = torch.zeros(0, dtype=torch.long)
         mod_w = torch.zeros(0, 0)
+        mod_dense = torch.zeros(n_tok, 0)
         fg_tok = fg_seg = torch.zeros(0, dtype=torch.long)
         fg_size = torch.zeros(0)
+        fg_pool = torch.zeros(0, n_tok)
     b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     centres = torch.stack([(b[:, 1] + b[:, 3]) / 2 * grid.content_h - 0.5,
                            (b[:, 0] + b[:, 2]) / 2 * grid.content_w - 0.5], dim=-1)
     to = lambda t: t.to(device)   # noqa: E731
     return GridIndex(asm_cov=to(asm_cov), asm_pos=[to(p) for p in asm_pos], asm_count=to(asm_count),
-                     mod_cov=to(mod_cov), mod_w=to(mod_w), fg_tok=to(fg_tok), fg_seg=to(fg_seg),
-                     fg_size=to(fg_size), centres=to(centres))
+                     asm_packing=Packing.build(asm_pos, int(asm_cov.numel()), device),
+                     mod_cov=to(mod_cov), mod_w=to(mod_w), mod_dense=to(mod_dense), fg_tok=to(fg_tok),
+                     fg_seg=to(fg_seg), fg_size=to(fg_size), fg_pool=to(fg_pool), centres=to(centres))
 
 
 def build_state(adapter: RefCompAdapter, layout: Layout, features: InstanceFeatures) -> CompositionState:

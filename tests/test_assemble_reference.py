@@ -5,7 +5,8 @@ and gate itself, and the outputs are averaged per token over overlapping instanc
 
 The reference uses the diffusers block modules directly, diffusers' own RoPE
 (`FluxPosEmbed` + `apply_rotary_emb`), a dense per-token modulation and its own box
-token lists. Tiny diffusers FLUX, randomized adapter, float32.
+token lists. Tiny diffusers FLUX, randomized adapter, float32. Every test runs on both hot
+paths (`refcomp_core.blocks.hotpath`: the CPU loop, and the CUDA fused path run here on CPU).
 
 Axis letters: b batch, N image tokens, t box tokens, g FG instances, h heads, s sequence, c channels, D width.
 """
@@ -19,7 +20,7 @@ from einops import einsum, rearrange
 from helpers import features, randomize, random_layout, tiny_adapter, tiny_flux
 
 from refcomp_core import Controls, RefCompSession, TokenGrid, build_state, parse_layout
-from refcomp_core.blocks import run_double
+from refcomp_core.blocks import hotpath, run_double
 from refcomp_core.pathways.assemble import AssembleAttn
 from refcomp_core.pathways.base import DoubleContext, JointAttention
 from refcomp_core.pathways.token_mod import FgModulation, token_mod
@@ -47,6 +48,12 @@ CASES = {
     "full_image": lambda: _layout([(0, 0, PX_W, PX_H), (32, 16, 96, 64)], "FB"),
     "fifty": lambda: random_layout(50, seed=5, width=PX_W, height=PX_H),
 }
+
+
+@pytest.fixture(autouse=True, params=["loop", "fused"])
+def hot_path(request: pytest.FixtureRequest):
+    with hotpath.force(request.param):
+        yield request.param
 
 
 def _tokens_in_box(box: tuple[float, float, float, float]) -> torch.Tensor:

@@ -29,8 +29,8 @@ def _run(script: str) -> dict[str, float]:
                          "patched_block(mod only)/vanilla_block instances=3",
                          "whole-run double-block cost/vanilla instances=50",
                          "whole-run transformer cost/vanilla instances=3"]),
-    ("attention_loop.py", ["bucketed/loop boxes=3 seeded", "padded+mask/loop boxes=50 seeded",
-                           "bucketed/loop boxes=50 equal 5x5"]),
+    ("attention_loop.py", ["packed/per_box boxes=3 seeded", "padded+mask/per_box boxes=50 seeded",
+                           "bucketed/per_box boxes=50 equal 5x5"]),
     ("instanceassemble.py", ["ia_branch_double(ours)/vanilla_double_block boxes=50",
                              "speedup per_box/ours single boxes=3", "ia_28_step_run(ours)/vanilla_run boxes=50"]),
 ])

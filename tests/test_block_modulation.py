@@ -1,11 +1,12 @@
 """Per-token modulation at block level (DESIGN §3.1 step 2)."""
 import dataclasses
 
+import pytest
 import torch
 
 from helpers import features, randomize, tiny_adapter, tiny_flux
 from refcomp_core import Controls, RefCompSession, TokenGrid, build_state, parse_layout
-from refcomp_core.blocks import run_double
+from refcomp_core.blocks import hotpath, run_double
 from refcomp_core.pathways.token_mod import FgModulation, token_mod
 from refcomp_core.hosts.diffusers_flux import double_view
 from refcomp_core.rope import rope_from_ids
@@ -40,7 +41,9 @@ def _run_block(adapter, model, layout, margin):
     return seen["xm"], base, next(p for p in pathways if isinstance(p, FgModulation)).index
 
 
-def test_outside_every_box_is_exactly_base_and_inside_is_not():
+@pytest.mark.parametrize("path", ["loop", "fused"])
+def test_outside_every_box_is_exactly_base_and_inside_is_not(path: str):
+    """On both hot paths: the fused one's dense [w | 1] blend must leave outside tokens bit-exact too."""
     model = tiny_flux()
     adapter = randomize(tiny_adapter(model))
     layout = parse_layout({"version": 1, "width": 128, "height": 128, "instances": [
@@ -48,7 +51,8 @@ def test_outside_every_box_is_exactly_base_and_inside_is_not():
         {"box": [0.25, 0.25, 0.5, 0.5], "ref": 1, "alpha": 0.8},             # FG, overlapping
         {"box": [0.75, 0.75, 1.0, 1.0], "ref": 1, "alpha": 0.1}]}, num_refs=2)  # BG: no modulation
     for margin in (0.0, 1.5):
-        xm, base, index = _run_block(adapter, model, layout, margin)
+        with hotpath.force(path):
+            xm, base, index = _run_block(adapter, model, layout, margin)
         inside = torch.zeros(64, dtype=torch.bool)
         inside[index.mod_cov] = True
         assert torch.equal(xm[:, ~inside], base[:, ~inside])               # bit-exact base outside

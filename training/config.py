@@ -146,6 +146,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    cudnn_attention: Literal["auto", "probe", "on", "off"] = "auto"   # CUDA: training/attention.py (issue 13)
     checkpoint_every: int = 1000
     checkpoints_total_limit: int = 3
     log_every: int = 10
@@ -162,6 +163,10 @@ class TrainConfig:
         if self.stage > 1 and not self.init_from:
             raise ValueError(f"init_from: stage {self.stage} starts from the previous stage's exported RefComp "
                              "file; set init_from to that .safetensors path")
+        if isinstance(self.cudnn_attention, bool):          # YAML reads a bare on / off as a bool
+            self.cudnn_attention = "on" if self.cudnn_attention else "off"
+        if self.cudnn_attention not in ("auto", "probe", "on", "off"):
+            raise ValueError(f"cudnn_attention: 'auto', 'probe', 'on' or 'off', got {self.cudnn_attention!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision: 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         if self.learning_rate <= 0 or self.max_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
+from .attention import choose_attention_backends
 from .config import TrainConfig
 from .data import Sample, Skipped, batch_for_step, read_manifest
 from .encoders import Frozen
@@ -66,6 +67,8 @@ def setup(cfg: TrainConfig) -> Run:
     from .precompute import precompute
 
     accelerator = make_accelerator(cfg)
+    choose_attention_backends(accelerator.device, gradient_checkpointing=cfg.gradient_checkpointing,
+                              policy=cfg.cudnn_attention)
     samples, skipped = read_manifest(cfg.data)
     if cfg.data.cache_dir:
         if accelerator.is_main_process:

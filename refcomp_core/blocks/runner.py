@@ -10,6 +10,7 @@ Kontext/reference tokens), D width.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -100,8 +101,8 @@ def _single_body(ctx: SingleContext, x: Tensor, inside: list[Pathway]) -> Tensor
     for p in inside:
         view = p.wrap_single_view(view)
     request = _one((p.single_modulation(ctx) for p in inside), "image")
-    if request is not None:                                                 # image-token indices -> sequence
-        request = ModRequest(request.y, request.cov + L, request.weights)
+    if request is not None:                                                 # image tokens start after the text
+        request = dataclasses.replace(request, offset=L)
     mod = token_mod(view.mod, ctx.vec, request)
     xm = mod.modulate(view.norm(x), 0, 1)                                   # (b, L+N, D)
     q, k, v, mlp = view.qkv_mlp(xm)

@@ -25,6 +25,7 @@ Axis letters: b batch, L text tokens, N image tokens, g modulation groups, t tok
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -36,12 +37,18 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class ModRequest:
-    """Per-token modulation: conditioning y (b, g, D) of g groups applied to tokens `cov` (t,)
-    (indices into the stream) with weights (t, g): mod(vec) + sum_g w (mod(y_g) - mod(vec))."""
+    """Per-token modulation: conditioning y (b, g, D) of g groups applied to image tokens `cov` (t,)
+    with weights (t, g): mod(vec) + sum_g w (mod(y_g) - mod(vec)).
+
+    offset: stream position of image token 0 (the runner sets L in a single block's [txt | img]);
+    blend: optional cached dense form for the fused hot path, blend(length, offset, dtype) ->
+    (length, g + 1) = [w | 1] over the stream (built from cov and weights when absent)."""
 
     y: Tensor
     cov: Tensor
     weights: Tensor
+    offset: int = 0
+    blend: Callable[[int, int, torch.dtype], Tensor] | None = None
 
 
 @dataclass
