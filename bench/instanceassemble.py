@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
 def _positions(index) -> list[Tensor]:
     """Each box's positions in the covered set, read back from the packing."""
     p = index.packing
-    return [p.index[start + 1:stop] - len(p.bounds) for start, stop in p.bounds]
+    return [p.gather[start + 1:stop] for start, stop in p.bounds]
 
 
 if __name__ == "__main__":
