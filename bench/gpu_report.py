@@ -1,5 +1,7 @@
 """One prepared GPU report (issue 13): the patched FLUX step against vanilla on a random full-size
-FLUX.1-dev transformer, written to bench/GPU.md. One call, about 4-5 minutes on an H200.
+FLUX.1-dev transformer, written to bench/GPU.md. One call of at most 5 minutes: sections run in order
+of importance within a 280 s budget, and those that would not fit are skipped and listed. Not yet
+run on a GPU (the session that wrote it had none): its first run is the acceptance measurement.
 
     python bench/gpu_report.py                      # CUDA, bf16, 1024x1024 (4096 image + 512 text tokens)
     python bench/gpu_report.py --dry-run --out X.md # CPU, tiny config: the same code end to end (a test)
@@ -16,15 +18,18 @@ What it measures (each ratio from timings interleaved in one process):
 - torch.compile of the double block, vanilla and patched, if time is left.
 Sections are skipped, and say so, when the time budget (--budget, default 280 s) runs out.
 
-What to bring to a bare GPU machine: torch with CUDA (2.5+, for flex_attention; its triton) and
-this checkout are assumed. Everything else must be carried: diffusers (0.42.1 tested) with its
-dependencies, and einops. Build the folder where there is network, for the GPU machine's Python:
+What to bring to a bare GPU machine: torch with CUDA (2.5+, for flex_attention; its triton), pip and
+this checkout are assumed. Everything else is carried as wheels: diffusers (0.42.1 tested) with its
+dependencies, and einops. Download them where there is network, for the GPU machine's Python:
 
-    pip install --target bench/.gpu_deps --python-version 3.12 --only-binary=:all: \\
-        --platform manylinux_2_28_x86_64 diffusers==0.42.1 einops
+    pip download --dest bench/.gpu_wheels --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 diffusers==0.42.1 einops          # about 40 MB
 
-and carry `bench/.gpu_deps` (git-ignored) with the checkout; `--deps DIR` (default: that folder,
-when present) is put first on sys.path. The script checks its imports before it builds anything.
+and carry `bench/.gpu_wheels` (git-ignored; a device call carries up to 64 MiB). When diffusers or
+einops is missing, the script installs those wheels offline into `bench/.gpu_deps` (`pip install
+--no-index --target`, checked: they install and import with nothing else) and puts that folder first
+on sys.path; `--deps DIR` names an existing `pip install --target` folder instead. It checks its
+imports before it builds anything.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import argparse
 import datetime
 import importlib
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,16 +59,30 @@ def _paths(deps: str | None) -> list[str]:
     return paths
 
 
-def check_imports() -> None:
+def missing_imports() -> list[str]:
     missing = []
     for name in ("torch", "einops", "diffusers"):
         try:
             importlib.import_module(name)
         except ImportError as err:
             missing.append(f"{name} ({err})")
+    return missing
+
+
+def ensure_imports(wheels: Path, deps: Path) -> None:
+    """Install the carried wheels offline into `deps` when an import is missing; exit naming what is."""
+    missing = missing_imports()
+    if missing and not any(m.startswith("torch") for m in missing) and wheels.is_dir():
+        log.warning("installing %s from %s into %s", ", ".join(m.split()[0] for m in missing), wheels, deps)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels),
+                        "--target", str(deps), "diffusers", "einops"], check=True)
+        if str(deps) not in sys.path:
+            sys.path.insert(0, str(deps))
+        importlib.invalidate_caches()
+        missing = missing_imports()
     if missing:
-        raise SystemExit("gpu_report: cannot import " + ", ".join(missing) + ". Carry them as the docstring of "
-                         "bench/gpu_report.py says (a `pip install --target` folder passed with --deps).")
+        raise SystemExit("gpu_report: cannot import " + ", ".join(missing) + ". Carry the wheels as the docstring "
+                         "of bench/gpu_report.py says (bench/.gpu_wheels), or pass --deps / --wheels.")
 
 
 def hotpath_for(dry: bool):
@@ -88,13 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny config, 1 repeat (checks the script)")
     p.add_argument("--out", default=str(HERE / "GPU.md"), help="the report (default bench/GPU.md)")
-    p.add_argument("--deps", default=None, help="folder of carried packages (default bench/.gpu_deps if present)")
+    p.add_argument("--deps", default=None, help="folder of installed packages (default bench/.gpu_deps)")
+    p.add_argument("--wheels", default=str(HERE / ".gpu_wheels"),
+                   help="carried wheels installed into --deps when an import is missing (default bench/.gpu_wheels)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the whole report (default 280; 3600 for a dry run)")
     p.add_argument("--probe-transformer", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     paths = _paths(args.deps)
-    check_imports()
+    ensure_imports(Path(args.wheels), Path(args.deps) if args.deps else HERE / ".gpu_deps")
+    paths = _paths(args.deps)                       # the deps folder may exist now
     if args.probe_transformer:
         from gpu_probes import probe_transformer
         return probe_transformer(args.dry_run)
