@@ -164,7 +164,7 @@ def _e2e_prompt(work: Path) -> dict:
         "12": {"class_type": "RefCompXVerseEncode", "inputs": {
             "xverse_model": ["5", 0], "layout": ["8", 0], "references": ["7", 0], "clip": ["9", 0],
             "clip_vision": ["10", 0], "vae": ["11", 0], "prompt": "a cat and a dog in a garden", "preset": "demo",
-            "id_refs": ""}},
+            "id_refs": "", "confine": False}},
         "13": {"class_type": "RefCompInstanceEncode", "inputs": {"layout": ["8", 0], "references": ["7", 0],
                                                                  "clip": ["9", 0], "refcomp_model": ["6", 0]}},
         "14": ks("1", ["12", 0]), "15": save("vanilla", "14"),
