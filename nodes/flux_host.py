@@ -57,6 +57,21 @@ class CallContext:
     owner: str
     session: RefCompSession
     grid: TokenGrid
+    key: tuple = ()
+
+
+# The key of the model call in progress, set by the (uncompiled) model wrappers and checked by every block
+# patch. ComfyUI's TorchCompileModel drops dynamo's guards on everything reached through
+# `transformer_options`, where the per-call session travels, so a trace made inside the layout window would
+# be replayed outside it. Comparing this module-level value with the call's key makes the trace guard on it
+# (a guard the node keeps): a call whose decisions differ gets its own trace. Eager calls always match.
+_CALL: dict[str, tuple] = {"key": ()}
+
+
+def follow_call(ctx: CallContext) -> None:
+    if _CALL["key"] != ctx.key:
+        raise RuntimeError("RefComp: a block ran under another model call's context; run the model through its "
+                           "wrappers (apply_model)")
 
 
 class FluxComposition:
@@ -101,27 +116,39 @@ class FluxComposition:
         return self._states[key]
 
     def context(self, x: torch.Tensor, sigma: torch.Tensor, transformer_options: dict,
-                percent_to_sigma: Callable[[float], Any] | None) -> CallContext:
-        """x: (b, C, H, W) latent of this call, sigma: (b,) or scalar."""
+                sampling: Any | None) -> CallContext:
+        """x: (b, C, H, W) latent of this call, sigma: (b,) or scalar; sampling: the model's model_sampling.
+        Every per-call number is read here, outside the diffusion model (which may be compiled)."""
         state = self.state()
         flags = row_flags(x.shape[0], transformer_options.get("cond_or_uncond"), self.controls.apply_to_uncond)
         s = float(sigma.max()) if torch.is_tensor(sigma) else float(sigma)
+        percent_to_sigma = getattr(sampling, "percent_to_sigma", None)
         progress = sigma_to_percent(percent_to_sigma, s) if percent_to_sigma is not None else 0.0
-        step = schedule_step(transformer_options.get("sample_sigmas"), s)
+        schedule = transformer_options.get("sample_sigmas")
+        step = schedule_step(schedule, s)
+        timestep = t0 = None
+        if self.xverse is not None:          # the diffusion model's timestep, as BaseModel.apply_model makes it
+            t = sampling.timestep(sigma) if hasattr(sampling, "timestep") else sigma
+            timestep = float(torch.as_tensor(t).float().flatten()[0])
+            t0 = float(schedule[0]) if torch.is_tensor(schedule) and schedule.numel() else None
         session = RefCompSession(self.adapter, [state if f else None for f in flags], self.controls,
                                  axes_dim=self.dims.axes_dim, theta=self.dims.theta, progress=progress,
                                  step=step[0] if step else None, num_steps=step[1] if step else None,
                                  xverse=self.xverse.run if self.xverse else None, xverse_rows=flags,
-                                 _centres=self._centres)
-        return CallContext(owner=self.uid, session=session,
-                           grid=token_grid(x.shape[-2], x.shape[-1], self.dims.patch_size))
+                                 timestep=timestep, t0=t0, _centres=self._centres)
+        grid = token_grid(x.shape[-2], x.shape[-1], self.dims.patch_size)
+        runs = tuple((a, b, id(k.state) if k.state is not None else None, k.xverse)
+                     for a, b, k in session.runs(x.shape[0]))
+        key = (self.uid, str(x.device), str(x.dtype), grid.h, grid.w, runs, session.phase())
+        return CallContext(owner=self.uid, session=session, grid=grid, key=key)
 
     def apply_model_wrapper(self, executor: Any, x: torch.Tensor, t: torch.Tensor, c_concat: Any, c_crossattn: Any,
                             control: Any, transformer_options: dict, **kwargs: Any) -> torch.Tensor:
         """WrappersMP.APPLY_MODEL: x (b, C, H, W), t = sigma (b,)."""
         sampling = getattr(executor.class_obj, "model_sampling", None)
         options = dict(transformer_options)
-        options[CONTEXT_KEY] = self.context(x, t, options, getattr(sampling, "percent_to_sigma", None))
+        options[CONTEXT_KEY] = ctx = self.context(x, t, options, sampling)
+        _CALL["key"] = ctx.key
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
     def diffusion_model_wrapper(self, executor: Any, x: torch.Tensor, timestep: torch.Tensor, context: Any,
@@ -134,10 +161,8 @@ class FluxComposition:
         if self.xverse is not None and ctx is not None and ctx.owner == self.uid:
             dm = executor.class_obj
             latents = dm.process_img(x, transformer_options=options)[0]                  # (b, N, C p p)
-            schedule = options.get("sample_sigmas")
             ctx.session.begin_forward(cond_vec=t0_conditioning(dm, timestep, y, guidance, latents.dtype),
-                                      timestep=float(timestep.flatten()[0]), latents=latents,
-                                      t0=float(schedule[0]) if torch.is_tensor(schedule) and schedule.numel() else None)
+                                      timestep=ctx.session.timestep, latents=latents)       # read in context()
             self.xverse.run.embed = dm.img_in
         return executor(x, timestep, context, y, guidance, ref_latents, control, options, **kwargs)
 
@@ -186,7 +211,8 @@ class UnetWrapper:
         x, t, c = params["input"], params["timestep"], dict(params["c"])
         options = dict(c.get("transformer_options", {}))
         options.setdefault("cond_or_uncond", params.get("cond_or_uncond"))
-        options[CONTEXT_KEY] = self.comp.context(x, t, options, getattr(self.model_sampling, "percent_to_sigma", None))
+        options[CONTEXT_KEY] = ctx = self.comp.context(x, t, options, self.model_sampling)
+        _CALL["key"] = ctx.key
         c["transformer_options"] = options
         if self.previous is not None:
             return self.previous(apply_model, {**params, "c": c})
@@ -232,6 +258,8 @@ class DoubleBlockPatch:
     def __call__(self, args: dict, extra: dict) -> dict:
         original = extra["original_block"]
         ctx = self.comp.active_context(args)
+        if ctx is not None:
+            follow_call(ctx)
         img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
         if ctx is None or pe is None or not torch.is_tensor(vec) or vec.shape[0] != img.shape[0]:
             return original(args)
@@ -270,6 +298,8 @@ class SingleBlockPatch:
     def __call__(self, args: dict, extra: dict) -> dict:
         original = extra["original_block"]
         ctx = self.comp.active_context(args)
+        if ctx is not None:
+            follow_call(ctx)
         x, vec, pe = args["img"], args["vec"], args["pe"]
         if ctx is None or pe is None or not torch.is_tensor(vec) or vec.shape[0] != x.shape[0]:
             return original(args)

@@ -7,7 +7,6 @@ A `Rope` holds cos/sin of shape (b, l, d); pairs are interleaved
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -19,10 +18,19 @@ class Rope:
     cos: torch.Tensor   # (b, l, d) float32
     sin: torch.Tensor   # (b, l, d) float32
 
-    @cached_property
+    @property
     def turn(self) -> torch.Tensor:
-        """e^{iθ} per pair, built once per Rope (q and k share it).  -> (b, l, 1, d) complex64"""
-        return torch.complex(self.cos, self.sin)[:, :, None, :]
+        """e^{iθ} per pair, built once per Rope (q and k share it).  -> (b, l, 1, d) complex64
+
+        Cached in the instance outside torch.compile; inside a compiled region it is plain graph math
+        (functools.cached_property takes a lock that dynamo cannot trace: a graph break per call)."""
+        if torch.compiler.is_compiling():
+            return torch.complex(self.cos, self.sin)[:, :, None, :]
+        turn = self.__dict__.get("_turn")
+        if turn is None:
+            turn = torch.complex(self.cos, self.sin)[:, :, None, :]
+            object.__setattr__(self, "_turn", turn)
+        return turn
 
     def __getitem__(self, index: slice | torch.Tensor) -> "Rope":
         """Select sequence positions (a slice or a LongTensor of positions)."""
@@ -65,5 +73,10 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     (tests/test_rope.py checks both).
     """
     pairs = rearrange(x.float(), "b l h (d two) -> b l h d two", two=2).contiguous()
-    out = torch.view_as_real(torch.view_as_complex(pairs) * rope.turn.to(x.device))
+    if torch.compiler.is_compiling():       # inductor has no complex code generation: the same sums, real
+        x0, x1 = pairs.unbind(-1)
+        cos, sin = (rearrange(a, "b l d -> b l 1 d").to(x.device) for a in (rope.cos, rope.sin))
+        out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    else:
+        out = torch.view_as_real(torch.view_as_complex(pairs) * rope.turn.to(x.device))
     return rearrange(out, "b l h d two -> b l h (d two)").to(x.dtype)

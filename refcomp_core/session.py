@@ -90,6 +90,24 @@ class RefCompSession:
     t0: float | None = None
     _carry: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
     _centres: dict[tuple, Rope] = field(default_factory=dict, repr=False)
+    _single_live: tuple[bool, ...] = field(default=(), repr=False)
+    _refs_on: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._read_single_gates()
+        self._decide_refs()
+
+    def _decide_refs(self) -> None:
+        """XVerse's VAE-skip decision for this call's timestep, made once in eager code (in a compiled
+        region the schedule arithmetic on Python floats would be traced per block)."""
+        self._refs_on = self.xverse is not None and self.xverse.refs_on(self.timestep, self.t0)
+
+    def _read_single_gates(self) -> None:
+        """Which single-block gates are non-zero, read once here (one small device sync) rather than
+        per block inside the forward, where the data-dependent check would break a compiled graph."""
+        a = self.adapter
+        if a is not None and a.config.identity:
+            self._single_live = tuple(bool(v) for v in (a.single_gate.gate.detach() != 0).tolist())
 
     def begin_forward(self, *, cond_vec: torch.Tensor | None = None, timestep: float | None = None,
                       t0: float | None = None, latents: torch.Tensor | None = None) -> None:
@@ -97,9 +115,14 @@ class RefCompSession:
         the conditioning at t = 0 (b, D), the packed latents before x_embedder (b, N, C), this call's
         timestep and the run's first one."""
         self._carry.clear()
+        if not torch.compiler.is_compiling():   # traced (ComfyUI's compiled XVerse wrapper): read at construction
+            self._read_single_gates()
+        decide = timestep != self.timestep or (t0 is not None and t0 != self.t0)
         self.cond_vec, self.timestep, self.latents = cond_vec, timestep, latents
         if t0 is not None:
             self.t0 = t0
+        if decide:                  # a host that read the timestep before the forward has decided already
+            self._decide_refs()
 
     def row_states(self, batch: int) -> list[CompositionState | None]:
         if self.states is None or isinstance(self.states, CompositionState):
@@ -128,6 +151,14 @@ class RefCompSession:
             return c.layout and c.strength > 0 and ia_step_active(self.step, self.num_steps, c.layout_window)
         return c.layout_on(self.progress)
 
+    def phase(self) -> tuple[bool, bool, bool]:
+        """This call's window decisions (modulation on, layout on, XVerse's references on). A compiled
+        trace specializes on them; a host whose compiler drops guards on the session (ComfyUI's
+        TorchCompileModel) keys its traces on this instead."""
+        a = self.adapter
+        return (a is not None and self.controls.modulation_on(self.progress), a is not None and self.layout_on(),
+                self._refs_on)
+
     # --- pathways of one block call -----------------------------------------------------------
     def pathways(self, key: RowKey | CompositionState | None, grid: TokenGrid, block: int, rows: Rows,
                  device: torch.device, *, double: bool) -> list[Pathway]:
@@ -141,7 +172,7 @@ class RefCompSession:
 
     def _xverse_pathway(self, block: int, rows: Rows, device: torch.device, *, double: bool) -> Pathway:
         xv = self.xverse
-        refs_on = self.cond_vec is not None and xv.refs_on(self.timestep, self.t0)
+        refs_on = self.cond_vec is not None and self._refs_on
         cond = self.cond_vec[rows[0]:rows[1]] if self.cond_vec is not None else None
         order = block if double else len(self.xverse.state.delta_block) + block
         common = dict(state=xv.state_on(device), loras=xv.loras, block=block, scales=xv.scales, refs_on=refs_on, cond_vec=cond,
@@ -158,7 +189,7 @@ class RefCompSession:
         out: list[Pathway] = []
         cfg, c = self.adapter.config, self.controls
         if cfg.identity and state.n_fg and c.modulation_on(self.progress):
-            if double or torch.is_grad_enabled() or bool(self.adapter.single_gate.gate[block] != 0):
+            if double or torch.is_grad_enabled() or self._single_live[block]:
                 index = state.grid(grid, c.mask_margin, device)
                 out.append(FgModulation(adapter=self.adapter, state=state, index=index, block=block,
                                         strength=c.strength, feedback=self._carry.get((*rows, "fb", block)),

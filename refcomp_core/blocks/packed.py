@@ -153,6 +153,8 @@ def _fused(qh: Tensor, kh: Tensor, vh: Tensor, packing: Packing) -> Tensor:
 def _flex(device: torch.device) -> Callable[..., Tensor]:
     """Compiled flex_attention on CUDA (one fused kernel); eager elsewhere."""
     from torch.nn.attention.flex_attention import flex_attention
+    if torch.compiler.is_compiling():           # already inside a compiled region: trace it there
+        return flex_attention
     if device.type == "cuda":
         if "compiled" not in _FLEX:
             _FLEX["compiled"] = torch.compile(flex_attention)

@@ -161,7 +161,10 @@ class DiffusersFluxPatch:
                 del block.forward
         self._handles, self._patched = [], []
 
+    @torch.compiler.disable
     def _pre_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """Per-forward set-up (the grid from img_ids, the session's carry and XVerse inputs) runs eagerly:
+        under torch.compile of the transformer it is one graph break before any block runs."""
         img_ids = kwargs.get("img_ids", args[4] if len(args) > 4 else None)
         if img_ids is None:
             raise ValueError("RefComp: FluxTransformer2DModel was called without img_ids")

@@ -4,7 +4,8 @@ one JSON line `RESULT {...}` for the pytest side. Never imported by pytest.
     python driver.py <comfy_root> <pack_dir_in_custom_nodes> <work_dir> <task>
 
 Tasks: load (node registry), parity (tensors for the diffusers comparison),
-ia_parity / xverse_parity (the released pathways, for the oracle comparisons), sample (ComfyUI's own
+ia_parity / xverse_parity (the released pathways, for the oracle comparisons), compile (TorchCompileModel
+over a patched model), sample (ComfyUI's own
 executor on a tiny FLUX), errors (each prompt of prompts.json through the executor; the error
 message ComfyUI reports for each), sample_each (each prompt of prompts.json in turn, recording which
 nodes ran and the errors).
@@ -25,6 +26,8 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True
 comfy.cli_args.args.disable_all_custom_nodes = True
+if TASK == "compile":     # SDPA attention, as on a GPU (ComfyUI's CPU attention queries free memory per call)
+    comfy.cli_args.args.use_pytorch_cross_attention = True
 
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -95,6 +98,23 @@ def check_host_conversions() -> None:
     RESULT["percent_max_err"] = max(errs)
 
 
+def _pack(name: str):
+    """A module of the pack as ComfyUI loaded it ("nodes.flux_apply", "nodes.runtime", ...)."""
+    return sys.modules[f"{sys.modules[PACK.replace('.', '_x_')].__name__}.{name}"]
+
+
+def _work_inputs():
+    """WORK's tiny FLUX (as a ComfyUI model) and input tensors."""
+    return (driver_nodes.tiny_flux_from_diffusers(os.path.join(WORK, "flux.safetensors")),
+            load_file(os.path.join(WORK, "inputs.safetensors")))
+
+
+def _work_layout():
+    from refcomp_core.layout import parse_layout
+    with open(os.path.join(WORK, "layout.json")) as f:
+        return parse_layout(f.read())
+
+
 def _run_model(patcher, inputs: dict, cond_or_uncond: list[int], sample_sigmas=None, **extra) -> torch.Tensor:
     import comfy.model_management as mm
     import comfy.patcher_extension as pe
@@ -116,16 +136,11 @@ def task_parity() -> None:
     init_nodes()
     from refcomp_core.checkpoint import load_adapter
     from refcomp_core.controls import Controls
-    from refcomp_core.layout import parse_layout
     from refcomp_core.state import InstanceFeatures
-    pack = sys.modules[PACK.replace(".", "_x_")]
-    apply_refcomp = sys.modules[pack.__name__ + ".nodes.flux_apply"].apply_refcomp
-    runtime = sys.modules[pack.__name__ + ".nodes.runtime"]
+    apply_refcomp, runtime = _pack("nodes.flux_apply").apply_refcomp, _pack("nodes.runtime")
 
-    model = driver_nodes.tiny_flux_from_diffusers(os.path.join(WORK, "flux.safetensors"))
-    inputs = load_file(os.path.join(WORK, "inputs.safetensors"))
-    with open(os.path.join(WORK, "layout.json")) as f:
-        layout = parse_layout(f.read())
+    model, inputs = _work_inputs()
+    layout = _work_layout()
     feats = InstanceFeatures(clip_image=inputs["clip"], dino=inputs["dino"], caption=inputs["caption"])
     outs = {}
     batch = inputs["x"].shape[0]
@@ -168,17 +183,12 @@ def task_ia_parity() -> None:
     inside the grounding window, and one outside it, with the sampler's schedule in transformer_options."""
     init_nodes()
     from refcomp_core.controls import Controls
-    from refcomp_core.layout import parse_layout
     from refcomp_core.state import InstanceFeatures
-    pack = sys.modules[PACK.replace(".", "_x_")]
-    apply_refcomp = sys.modules[pack.__name__ + ".nodes.flux_apply"].apply_refcomp
-    runtime = sys.modules[pack.__name__ + ".nodes.runtime"]
+    apply_refcomp, runtime = _pack("nodes.flux_apply").apply_refcomp, _pack("nodes.runtime")
     from refcomp_core.checkpoint import load_adapter
 
-    model = driver_nodes.tiny_flux_from_diffusers(os.path.join(WORK, "flux.safetensors"))
-    inputs = load_file(os.path.join(WORK, "inputs.safetensors"))
-    with open(os.path.join(WORK, "layout.json")) as f:
-        layout = parse_layout(f.read())
+    model, inputs = _work_inputs()
+    layout = _work_layout()
     adapter, _ = load_adapter(os.path.join(WORK, "ia.safetensors"))
     patched = apply_refcomp(model, runtime.adapter_patcher(adapter), layout,
                             InstanceFeatures(caption=inputs["caption"]), Controls())
@@ -195,27 +205,52 @@ def task_ia_parity() -> None:
     RESULT["batch"] = inputs["x"].shape[0]
 
 
-def task_xverse_parity() -> None:
-    """XVerse from a converted file (alone, and with the InstanceAssemble file when present): a call inside the
-    reference window, one on a VAE-skip step, and an [uncond | cond] batch."""
+def task_compile() -> None:
+    """ComfyUI's TorchCompileModel over the InstanceAssemble pathway (the node's own guard filter, the eager
+    backend: dynamo's tracing and guards, no code generation): steps inside and outside the grounding
+    window, in the order a sampler runs them and back, against the uncompiled patched model."""
     init_nodes()
+    import comfy_extras.nodes_torch_compile as ntc
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from refcomp_core.controls import Controls
+    from refcomp_core.state import InstanceFeatures
+    from torch._dynamo.utils import counters
+    apply_refcomp, runtime = _pack("nodes.flux_apply").apply_refcomp, _pack("nodes.runtime")
+    from refcomp_core.checkpoint import load_adapter
+
+    model, inputs = _work_inputs()
+    layout = _work_layout()
+    adapter, _ = load_adapter(os.path.join(WORK, "ia.safetensors"))
+    with_xverse = os.path.exists(os.path.join(WORK, "xverse.safetensors"))
+    patched = apply_refcomp(model, runtime.adapter_patcher(adapter), layout,
+                            InstanceFeatures(caption=inputs["caption"]), Controls(),
+                            xverse=_xverse_apply(model, inputs)() if with_xverse else None)
+    compiled = patched.clone()
+    set_torch_compile_wrapper(model=compiled, backend="eager", options={"guard_filter_fn": ntc.skip_torch_compile_dict})
+    schedule = inputs["schedule"]
+    steps = [0, 1, 5, 10, 11, 27, 0]     # in the grounding window (< 8), out of it, XVerse's skip steps, and back
+    outs = {}
+    for i, step in enumerate(steps):
+        feed = dict(inputs, sigma=torch.full_like(inputs["sigma"], float(schedule[step])))
+        outs[f"eager_{i}"] = _run_model(patched, feed, [0], sample_sigmas=schedule)
+        outs[f"compiled_{i}"] = _run_model(compiled, feed, [0], sample_sigmas=schedule)
+        outs[f"vanilla_{i}"] = _run_model(model, feed, [0])
+    RESULT["steps"] = steps
+    RESULT["graph_breaks"] = sum(counters["graph_break"].values())
+    RESULT["break_reasons"] = sorted({" / ".join(k.splitlines()[:3])[:400] for k in counters["graph_break"]})
+    RESULT["unique_graphs"] = counters["stats"]["unique_graphs"]
+    save_file({k: v.contiguous() for k, v in outs.items()}, os.path.join(WORK, "outputs.safetensors"))
+
+
+def _xverse_apply(model, inputs: dict):
+    """XVerse from WORK's converted file, references and binding.  -> make(): a fresh XVerseApply (its own run)"""
     import comfy.model_management as mm
     import comfy.model_patcher
-    from refcomp_core.checkpoint import load_adapter
-    from refcomp_core.controls import Controls
-    from refcomp_core.layout import parse_layout
     from refcomp_core.released.xverse import load_xverse
-    from refcomp_core.state import InstanceFeatures
     from refcomp_core.xverse.compose import XVerseReference, build_run
     from refcomp_core.xverse.presets import XVersePreset
     from refcomp_core.xverse.spans import bind_ids
-    pack = sys.modules[PACK.replace(".", "_x_")]
-    apply_refcomp = sys.modules[pack.__name__ + ".nodes.flux_apply"].apply_refcomp
-    host = sys.modules[pack.__name__ + ".nodes.flux_host"]
-    runtime = sys.modules[pack.__name__ + ".nodes.runtime"]
-
-    model = driver_nodes.tiny_flux_from_diffusers(os.path.join(WORK, "flux.safetensors"))
-    inputs = load_file(os.path.join(WORK, "inputs.safetensors"))
+    host, runtime = _pack("nodes.flux_host"), _pack("nodes.runtime")
     with open(os.path.join(WORK, "binding.json")) as f:
         spec = json.load(f)
     adapter, _ = load_xverse(os.path.join(WORK, "xverse.safetensors"))
@@ -223,14 +258,28 @@ def task_xverse_parity() -> None:
                             is_id=bool(spec["is_id"][i])) for i in range(spec["refs"])]
     binding = bind_ids(spec["prompt"], spec["captions"], spec["words"], length=spec["length"])
     preset = XVersePreset(name="test", lora_scale=spec["lora_scale"], cond_size=spec["cond_size"])
-    dims = sys.modules[pack.__name__ + ".nodes.flux_views"].flux_dims(model)
-    run = build_run(adapter, refs, binding, preset, axes_dim=dims.axes_dim, theta=dims.theta,
-                    num_double_blocks=dims.num_double_blocks)
+    dims = _pack("nodes.flux_views").flux_dims(model)
     patcher = comfy.model_patcher.CoreModelPatcher(runtime.AdapterHolder(adapter), load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
-    xv = host.XVerseApply(run=run, patcher=patcher)
+    return lambda: host.XVerseApply(run=build_run(adapter, refs, binding, preset, axes_dim=dims.axes_dim,
+                                                  theta=dims.theta, num_double_blocks=dims.num_double_blocks),
+                                    patcher=patcher)
+
+
+def task_xverse_parity() -> None:
+    """XVerse from a converted file (alone, and with the InstanceAssemble file when present): a call inside the
+    reference window, one on a VAE-skip step, and an [uncond | cond] batch."""
+    init_nodes()
+    from refcomp_core.checkpoint import load_adapter
+    from refcomp_core.controls import Controls
+    from refcomp_core.layout import parse_layout
+    from refcomp_core.state import InstanceFeatures
+    apply_refcomp, runtime = _pack("nodes.flux_apply").apply_refcomp, _pack("nodes.runtime")
+
+    model, inputs = _work_inputs()
+    make_xverse = _xverse_apply(model, inputs)
     empty = parse_layout({"version": 1, "width": 64, "height": 64, "instances": []})
-    patched = apply_refcomp(model, None, empty, InstanceFeatures(), Controls(), xverse=xv)
+    patched = apply_refcomp(model, None, empty, InstanceFeatures(), Controls(), xverse=make_xverse())
     schedule = inputs["schedule"]
     outs = {"vanilla": _run_model(model, inputs, [0]), "xv": _run_model(patched, inputs, [0], sample_sigmas=schedule)}
     two = {k: torch.cat([v, v]) if k in ("x", "sigma", "context", "pooled", "guidance") else v
@@ -240,12 +289,9 @@ def task_xverse_parity() -> None:
     outs["xv_skip"] = _run_model(patched, early, [0], sample_sigmas=schedule)
     if os.path.exists(os.path.join(WORK, "ia.safetensors")):
         ia, _ = load_adapter(os.path.join(WORK, "ia.safetensors"))
-        with open(os.path.join(WORK, "layout.json")) as f:
-            layout = parse_layout(f.read())
+        layout = _work_layout()
         both = apply_refcomp(model, runtime.adapter_patcher(ia), layout, InstanceFeatures(caption=inputs["caption"]),
-                             Controls(), xverse=host.XVerseApply(run=build_run(
-                                 adapter, refs, binding, preset, axes_dim=dims.axes_dim, theta=dims.theta,
-                                 num_double_blocks=dims.num_double_blocks), patcher=patcher))
+                             Controls(), xverse=make_xverse())
         outs["both"] = _run_model(both, inputs, [0], sample_sigmas=schedule)
     save_file({k: v.contiguous() for k, v in outs.items()}, os.path.join(WORK, "outputs.safetensors"))
 
@@ -335,6 +381,6 @@ def task_sample_each() -> None:
 if __name__ == "__main__":
     try:
         {"load": task_load, "parity": task_parity, "sample": task_sample, "ia_parity": task_ia_parity,
-         "xverse_parity": task_xverse_parity, "errors": task_errors, "sample_each": task_sample_each}[TASK]()
+         "xverse_parity": task_xverse_parity, "compile": task_compile, "errors": task_errors, "sample_each": task_sample_each}[TASK]()
     finally:
         print("RESULT " + json.dumps(RESULT, default=str), flush=True)

@@ -37,9 +37,9 @@ def _release(root: Path) -> tuple[Path, dict, Path]:
     return out, weights, root / "lora.safetensors"
 
 
-@pytest.fixture(scope="module")
-def ia_run(comfy_env, comfy_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("ia_parity")
+def write_ia_work(work: Path):
+    """The tiny FLUX, the converted file (as ia.safetensors), inputs and layout in `work`.
+    -> (model, layout weights, LoRA file, inputs)"""
     model = tiny_diffusers_flux(seed=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / "flux.safetensors"))
     converted, weights, lora_file = _release(work)
@@ -51,6 +51,13 @@ def ia_run(comfy_env, comfy_root, tmp_path_factory):
                   schedule=torch.linspace(0.8, 0.0, 29))
     save_file(inputs, str(work / "inputs.safetensors"))
     (work / "layout.json").write_text(json.dumps(LAYOUT))
+    return model, weights, lora_file, inputs
+
+
+@pytest.fixture(scope="module")
+def ia_run(comfy_env, comfy_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ia_parity")
+    model, weights, lora_file, inputs = write_ia_work(work)
     res = run_driver(comfy_env, comfy_root, work, "ia_parity")
     return model, weights, lora_file, inputs, load_file(str(work / "outputs.safetensors")), res
 

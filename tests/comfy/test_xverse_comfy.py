@@ -38,9 +38,9 @@ LAYOUT = {"version": 1, "width": 128, "height": 96, "instances": [
     {"box": [0.0, 0.0, 0.625, 0.5], "caption": "a cat"}, {"box": [0.25, 0.25, 1.0, 1.0], "caption": "a tree"}]}
 
 
-@pytest.fixture(scope="module")
-def xv_run(comfy_env, comfy_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("xverse_parity")
+def write_xverse_work(work: Path):
+    """The tiny FLUX, converted XVerse and InstanceAssemble files, layout, inputs and binding in `work`.
+    -> (model, XVerse LoRA modules, inputs)"""
     model = tiny_diffusers_flux(seed=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / "flux.safetensors"))
     xv_files.write_adapter(work / "modulation_adapter")
@@ -66,6 +66,13 @@ def xv_run(comfy_env, comfy_root, tmp_path_factory):
         inputs[f"lat{i}"] = torch.randn(TOKENS, TINY_DIFFUSERS["in_channels"], generator=g)
     save_file(inputs, str(work / "inputs.safetensors"))
     (work / "binding.json").write_text(json.dumps(BINDING))
+    return model, modules, inputs
+
+
+@pytest.fixture(scope="module")
+def xv_run(comfy_env, comfy_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("xverse_parity")
+    model, modules, inputs = write_xverse_work(work)
     run_driver(comfy_env, comfy_root, work, "xverse_parity")
     return model, modules, inputs, work, load_file(str(work / "outputs.safetensors"))
 

@@ -18,7 +18,7 @@ from refcomp import cli
 from refcomp.compose import ComposeOptions, compose_run
 from refcomp.models import load_models
 from refcomp_core.errors import LayoutError, UsageError
-from refcomp_core.session import XVerseRun
+from refcomp_core.session import RefCompSession
 from refcomp_core.xverse import PRESETS
 from refcomp_core.xverse.spans import SpanNotFoundError
 from xv_files import adapter_tensors, lora_tensors, write_adapter, write_lora
@@ -112,14 +112,14 @@ def test_the_vae_skip_schedule_is_applied(tiny, models, monkeypatch, one_thread)
     """28 steps: the reference stream runs on exactly the steps XVerse's schedule keeps (on the timestep
     value: 0.2 t0 < t < 0.95 t0, t0 the first step's), in every block of those steps, and on no other."""
     seen: dict[float, set] = {}                                 # timestep -> refs_on of each block call
-    real = XVerseRun.refs_on
+    real = RefCompSession._xverse_pathway
 
-    def spy(self, t, t0):
-        on = real(self, t, t0)
-        seen.setdefault(t, set()).add(on)
-        return on
+    def spy(self, block, rows, device, *, double):
+        pathway = real(self, block, rows, device, double=double)
+        seen.setdefault(self.timestep, set()).add(pathway.refs_on)
+        return pathway
 
-    monkeypatch.setattr(XVerseRun, "refs_on", spy)
+    monkeypatch.setattr(RefCompSession, "_xverse_pathway", spy)
     compose_run(layout(), tiny.refs, models=models["xv"], **{**RUN, "steps": 28})
     timesteps = list(seen)
     assert timesteps == pytest.approx((models["xv"].pipe.scheduler.timesteps / 1000).tolist())
