@@ -206,7 +206,8 @@ def task_ia_parity() -> None:
 
 
 def task_compile() -> None:
-    """ComfyUI's TorchCompileModel over the InstanceAssemble pathway (the node's own guard filter, the eager
+    """ComfyUI's TorchCompileModel over a patched model (WORK's InstanceAssemble file, else its random RefComp
+    adapter; with XVerse when its file is there), with the node's own guard filter and the eager
     backend: dynamo's tracing and guards, no code generation): steps inside and outside the grounding
     window, in the order a sampler runs them and back, against the uncompiled patched model."""
     init_nodes()
@@ -220,10 +221,12 @@ def task_compile() -> None:
 
     model, inputs = _work_inputs()
     layout = _work_layout()
-    adapter, _ = load_adapter(os.path.join(WORK, "ia.safetensors"))
+    ia = os.path.exists(os.path.join(WORK, "ia.safetensors"))
+    adapter, _ = load_adapter(os.path.join(WORK, "ia.safetensors" if ia else "adapter_random.safetensors"))
+    feats = InstanceFeatures(caption=inputs["caption"]) if ia else \
+        InstanceFeatures(clip_image=inputs["clip"], dino=inputs["dino"], caption=inputs["caption"])
     with_xverse = os.path.exists(os.path.join(WORK, "xverse.safetensors"))
-    patched = apply_refcomp(model, runtime.adapter_patcher(adapter), layout,
-                            InstanceFeatures(caption=inputs["caption"]), Controls(),
+    patched = apply_refcomp(model, runtime.adapter_patcher(adapter), layout, feats, Controls(),
                             xverse=_xverse_apply(model, inputs)() if with_xverse else None)
     compiled = patched.clone()
     set_torch_compile_wrapper(model=compiled, backend="eager", options={"guard_filter_fn": ntc.skip_torch_compile_dict})

@@ -6,6 +6,7 @@ builds the tiny diffusers FLUX, the adapters and the inputs, and asserts on the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,9 +64,9 @@ def test_pack_loads_and_lists_nodes(object_info_run):
     assert {"REFCOMP_MODEL", "REFCOMP_INSTANCES", "REFCOMP_XVERSE"} <= {t for t, _ in apply_inputs["optional"].values()}
 
 
-@pytest.fixture(scope="module")
-def parity_run(comfy_env, comfy_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("parity")
+def write_parity_work(work: Path):
+    """The tiny FLUX, a fresh, a random and a wrong-size adapter, inputs (with a 28-step schedule) and the
+    layout in `work`.  -> (model, fresh adapter, random adapter, inputs)"""
     model = tiny_diffusers_flux(seed=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(work / "flux.safetensors"))
     fresh, rand = _adapters(model)
@@ -79,8 +80,15 @@ def parity_run(comfy_env, comfy_root, tmp_path_factory):
                   context=torch.randn(2, 5, 24, generator=g), pooled=torch.randn(2, 20, generator=g),
                   guidance=torch.full((2,), 3.5), clip=torch.randn(3, 12, generator=g),
                   dino=torch.randn(3, 10, generator=g), caption=torch.randn(4, 8, generator=g))
-    save_file(inputs, str(work / "inputs.safetensors"))
+    save_file({**inputs, "schedule": torch.linspace(1.0, 0.0, 29)}, str(work / "inputs.safetensors"))
     (work / "layout.json").write_text(json.dumps(LAYOUT))
+    return model, fresh, rand, inputs
+
+
+@pytest.fixture(scope="module")
+def parity_run(comfy_env, comfy_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("parity")
+    model, fresh, rand, inputs = write_parity_work(work)
     res = run_driver(comfy_env, comfy_root, work, "parity")
     outs = load_file(str(work / "outputs.safetensors"))
     return model, fresh, rand, inputs, outs, res
