@@ -68,10 +68,11 @@ class CallContext:
 _CALL: dict[str, tuple] = {"key": ()}
 
 
-def follow_call(ctx: CallContext) -> None:
+def follow_call(comp: "FluxComposition", ctx: CallContext) -> None:
+    """Compare the call in progress with `ctx` (the comparison is what a compiled trace guards on)."""
     if _CALL["key"] != ctx.key:
-        raise RuntimeError("RefComp: a block ran under another model call's context; run the model through its "
-                           "wrappers (apply_model)")
+        comp.warn_once("stale", "RefComp: a FLUX block ran with the RefComp context of an earlier model call (a "
+                                "node calling the diffusion model without apply_model?); it is composed as that call")
 
 
 class FluxComposition:
@@ -259,7 +260,7 @@ class DoubleBlockPatch:
         original = extra["original_block"]
         ctx = self.comp.active_context(args)
         if ctx is not None:
-            follow_call(ctx)
+            follow_call(self.comp, ctx)
         img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
         if ctx is None or pe is None or not torch.is_tensor(vec) or vec.shape[0] != img.shape[0]:
             return original(args)
@@ -299,7 +300,7 @@ class SingleBlockPatch:
         original = extra["original_block"]
         ctx = self.comp.active_context(args)
         if ctx is not None:
-            follow_call(ctx)
+            follow_call(self.comp, ctx)
         x, vec, pe = args["img"], args["vec"], args["pe"]
         if ctx is None or pe is None or not torch.is_tensor(vec) or vec.shape[0] != x.shape[0]:
             return original(args)
