@@ -10,10 +10,7 @@ from .flux_apply import apply_refcomp
 from .layout_tools import ALPHA_MODES, depth_alphas, depth_values, parse_overrides, resolved_alphas, set_alphas
 from .model_check import check_box_count
 from .runtime import predict_alphas, progress_bar
-from .types import XVERSE_TYPE
-from .v3_inputs import CATEGORY, InstancesIO, LayoutIO, RefCompModelIO, ReferencesIO
-
-XVerseIO = io.Custom(XVERSE_TYPE)
+from .v3_inputs import CATEGORY, InstancesIO, LayoutIO, RefCompModelIO, ReferencesIO, XVerseIO
 
 
 class RefCompInstanceEncode(io.ComfyNode):

@@ -9,13 +9,14 @@ from . import references as refs
 from .layout_tools import blank_canvas, draw_preview, empty_layout_json, parse_canvas, resolved_alphas
 from .model_check import check_adapter_for_model, check_xverse_for_model
 from .runtime import DTYPES, checkpoint_names, load_refcomp_model, predict_alphas, progress_bar
-from .types import INSTANCES_TYPE, LAYOUT_TYPE, MODEL_TYPE, REFERENCES_TYPE
+from .types import INSTANCES_TYPE, LAYOUT_TYPE, MODEL_TYPE, REFERENCES_TYPE, XVERSE_TYPE
 
 CATEGORY = "RefComp"
 RefCompModelIO = io.Custom(MODEL_TYPE)
 ReferencesIO = io.Custom(REFERENCES_TYPE)
 LayoutIO = io.Custom(LAYOUT_TYPE)
 InstancesIO = io.Custom(INSTANCES_TYPE)
+XVerseIO = io.Custom(XVERSE_TYPE)
 
 
 class RefCompLoader(io.ComfyNode):

@@ -7,11 +7,9 @@ from refcomp_core.errors import RefCompError
 from refcomp_core.xverse.presets import PRESETS
 
 from .runtime import progress_bar
-from .types import XVERSE_TYPE, XVerseBundle
-from .v3_inputs import CATEGORY, LayoutIO, RefCompModelIO, ReferencesIO
-from .xverse_inputs import parse_id_refs, prepare
-
-XVerseIO = io.Custom(XVERSE_TYPE)
+from .types import XVerseBundle
+from .v3_inputs import CATEGORY, LayoutIO, RefCompModelIO, ReferencesIO, XVerseIO
+from .xverse_inputs import encode_t5, parse_id_refs, prepare
 
 
 class RefCompXVerseEncode(io.ComfyNode):
@@ -65,6 +63,5 @@ class RefCompXVerseEncode(io.ComfyNode):
                          preset=PRESETS[preset], id_refs=parse_id_refs(id_refs, len(references)),
                          process_in=fmt.process_in, confine=confine,
                          progress=progress_bar(max(1, len(layout.instances))))
-        from .xverse_inputs import encode_t5
         cond, pooled = encode_t5(clip, prompt)
         return io.NodeOutput([[cond, {"pooled_output": pooled}]], XVerseBundle(model=xverse_model, inputs=inputs))

@@ -113,9 +113,7 @@ def _single_body(ctx: SingleContext, x: Tensor, inside: list[Pathway]) -> Tensor
         raise ValueError("RefComp: more than one pathway adds attention keys to one single block")
     if extra:
         ek, ev, bias = extra[0]
-        b, n = q.shape[0], q.shape[1]
-        full = torch.cat([bias.new_zeros(1, 1, n, n).expand(b, -1, -1, -1), bias.expand(b, -1, -1, -1)], dim=-1)
-        attn = attention(q, torch.cat([k, ek], dim=1), torch.cat([v, ev], dim=1), bias=full)
+        attn = attention(q, torch.cat([k, ek], dim=1), torch.cat([v, ev], dim=1), bias=bias)
     else:
         attn = attention(q, k, v)                                           # (b, L+N, D)
     out = view.out(torch.cat([attn, view.mlp_act(mlp)], dim=-1))

@@ -35,6 +35,11 @@ from ..rope import Rope
 Tensor = torch.Tensor
 
 
+def mod_chunks(m: Tensor, k: int) -> list[Tensor]:
+    """An AdaLN output (b, k*D) -> its k chunks (shift, scale, gate, ...) as (b, 1, D) each."""
+    return [c[:, None] for c in m.chunk(k, dim=-1)]
+
+
 @dataclass(frozen=True)
 class ModRequest:
     """Per-token modulation: conditioning y (b, g, D) of g groups applied to image tokens `cov` (t,)
@@ -130,7 +135,7 @@ class Pathway:
     def single_attention(self, ctx: SingleContext, q: Tensor, k: Tensor, v: Tensor
                          ) -> tuple[Tensor, Tensor, Tensor] | None:
         """q, k, v: (b, L+N, h, c), normed and roped. -> extra keys and values (b, S, h, c) every row
-        also attends to, and an additive bias (b|1, 1, L+N, S) of the rows over them."""
+        also attends to, and an additive bias (b|1, 1, L+N, L+N+S) of the rows over [own keys | extra]."""
         return None
 
     def after_single(self, ctx: SingleContext, x: Tensor) -> Tensor:

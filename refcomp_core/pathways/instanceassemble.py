@@ -31,7 +31,7 @@ from ..geometry import TokenGrid
 from ..rope import Rope
 from ..state import CompositionState
 from .assemble import lora_add, prepare_heads
-from .base import DoubleContext, Pathway, SingleContext
+from .base import DoubleContext, Pathway, SingleContext, mod_chunks
 from .ia_geometry import box_tokens, dense_points
 
 Tensor = torch.Tensor
@@ -71,11 +71,6 @@ def ia_step_active(step: int, num_steps: int, window: tuple[float, float]) -> bo
     return int(window[0] * num_steps) <= step < int(window[1] * num_steps)
 
 
-def _chunks(m: Tensor, k: int) -> list[Tensor]:
-    """(b, k*D) -> k tensors (b, 1, D)"""
-    return [c[:, None] for c in m.chunk(k, dim=-1)]
-
-
 def _mlp(hidden: Callable[[Tensor], Tensor], out: Callable[[Tensor], Tensor], lora, site: str, x: Tensor) -> Tensor:
     h = hidden(x)
     return lora_add(lora, (site,), h, [out(h)])[0]
@@ -105,8 +100,8 @@ class IABranch(Pathway):
         b, d, cov = img.shape[0], img.shape[-1], idx.cov
         lam = self._lam(b, img)                                                   # (b, n, D)
         sv = F.silu(vec)
-        sh1, sc1, g1, sh2, sc2, g2 = _chunks(lora_add(lora, ("img_mod",), sv, [view.img_mod(vec)])[0], 6)
-        lsh1, lsc1, lg1, lsh2, lsc2, lg2 = _chunks(lora_add(lora, ("txt_mod",), sv, [view.txt_mod(vec)])[0], 6)
+        sh1, sc1, g1, sh2, sc2, g2 = mod_chunks(lora_add(lora, ("img_mod",), sv, [view.img_mod(vec)])[0], 6)
+        lsh1, lsc1, lg1, lsh2, lsc2, lg2 = mod_chunks(lora_add(lora, ("txt_mod",), sv, [view.txt_mod(vec)])[0], 6)
 
         xn = torch.addcmul(sh1, view.img_norm1(img[:, cov]), 1 + sc1)            # (b, t, D)
         ln = torch.addcmul(lsh1, view.txt_norm1(lam), 1 + lsc1)                  # (b, n, D)
@@ -133,7 +128,7 @@ class IABranch(Pathway):
         view, vec, lora, heads, idx = ctx.view, ctx.vec, self.lora, ctx.view.heads, self.index
         b, L, cov = x.shape[0], ctx.txt_len, self.index.cov
         lam = self._lam(b, x)                                                     # (b, n, D)
-        sh, sc, g = _chunks(lora_add(lora, ("mod",), F.silu(vec), [view.mod(vec)])[0], 3)
+        sh, sc, g = mod_chunks(lora_add(lora, ("mod",), F.silu(vec), [view.mod(vec)])[0], 3)
         zi = torch.addcmul(sh, view.norm(x[:, L + cov]), 1 + sc)                 # (b, t, D)
         zl = torch.addcmul(sh, view.norm(lam), 1 + sc)                           # (b, n, D)
         q, k, v, mlp = view.qkv_mlp(zi)

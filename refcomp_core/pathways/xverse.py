@@ -35,7 +35,7 @@ from ..blocks.attention import split_heads
 from ..blocks.views import DoubleBlockView, SingleBlockView
 from ..modules import LoRASet
 from ..rope import Rope, apply_rope
-from .base import DoubleContext, JointAttention, ModRequest, Pathway, SingleContext
+from .base import DoubleContext, JointAttention, ModRequest, Pathway, SingleContext, mod_chunks
 
 Tensor = torch.Tensor
 
@@ -116,11 +116,6 @@ def _mod_lora(fn: Callable[[Tensor], Tensor], lora: LoRASet | None, site: str, m
     return lambda v: _plus(fn(v), _delta(lora, site, F.silu(v), mult))
 
 
-def _chunks(m: Tensor, k: int) -> list[Tensor]:
-    """(b, k*D) -> k tensors (b, 1, D)"""
-    return [c[:, None] for c in m.chunk(k, dim=-1)]
-
-
 def lambda_bias(lam: Tensor, dtype: torch.dtype) -> Tensor:
     """log lambda rounded to bf16 as XVerse's bf16 attention mask holds it.  (r,) -> (r,)"""
     return torch.log(lam.float()).to(torch.bfloat16).to(dtype)
@@ -193,7 +188,7 @@ class XVerseDouble(Pathway):
             return None
         view, heads, g, lora = ctx.view, ctx.view.heads, self.scales.global_scale, self.lora
         r = (self.r_in if self.r_in is not None else self._embed_refs(ctx.vec.shape[0])).to(ctx.vec.dtype)
-        sh1, sc1, g1, sh2, sc2, g2 = _chunks(_mod_lora(view.img_mod, lora, "img_mod", g)(self.cond_vec), 6)
+        sh1, sc1, g1, sh2, sc2, g2 = mod_chunks(_mod_lora(view.img_mod, lora, "img_mod", g)(self.cond_vec), 6)
         rn = torch.addcmul(sh1, view.img_norm1(r), 1 + sc1)                        # (b, S, D)
         q, k, v = view.img_qkv(rn)
         q, k, v = (_plus(t, _delta(lora, s, rn, g)) for t, s in ((q, "img_q"), (k, "img_k"), (v, "img_v")))
@@ -235,12 +230,12 @@ class XVerseSingle(Pathway):
     def single_attention(self, ctx: SingleContext, q: Tensor, k: Tensor, v: Tensor
                          ) -> tuple[Tensor, Tensor, Tensor] | None:
         """q, k, v: (b, L+N, h, c) the block's own (normed, roped). -> the reference keys and values
-        (b, S, h, c) and the bias of every row over them (b|1, 1, L+N, S); R is updated here."""
+        (b, S, h, c) and the bias of every row over [own keys | them] (1, 1, L+N, L+N+S); R is updated here."""
         if not self.refs_on:
             return None
         view, heads, st, lora, mult = ctx.view, ctx.view.heads, self.state, self.lora, self.scales.ref_sblock
         r = self.r_in.to(q.dtype)
-        sh, sc, gate = _chunks(view.mod(self.cond_vec), 3)
+        sh, sc, gate = mod_chunks(view.mod(self.cond_vec), 3)
         rn = torch.addcmul(sh, view.norm(r), 1 + sc)
         rq, rk, rv, mlp = view.qkv_mlp(rn)
         rq, rk, rv = (_plus(t, _delta(lora, s, rn, mult)) for t, s in ((rq, "q"), (rk, "k"), (rv, "v")))
@@ -253,9 +248,10 @@ class XVerseSingle(Pathway):
         return rk, rv, self.bias(ctx.txt_len, q.shape[1], q.dtype, q.device)
 
     def bias(self, txt_len: int, rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """(1, 1, L+N, S): log lambda_j over reference j for image rows and bound prompt rows, -inf for
-        the other prompt rows (and, with `confine`, for the image rows outside reference j's box).
-        Built once per sequence shape, dtype and device."""
+        """(1, 1, L+N, L+N+S): 0 over the block's own keys; over the reference tokens, log lambda_j for
+        reference j for image rows and bound prompt rows, -inf for the other prompt rows (and, with
+        `confine`, for the image rows outside reference j's box). Built once per sequence shape, dtype
+        and device, not per block call."""
         key = (txt_len, rows, dtype, str(device))
         if key not in self.state._bias:
             self.state._bias[key] = self._bias(txt_len, rows, dtype, device)
@@ -277,7 +273,7 @@ class XVerseSingle(Pathway):
                                  "or switch confine off")
             inside = st.confine.to(device).repeat_interleave(t, dim=1)                   # (N, S)
             bias[txt_len:] = torch.where(inside, bias[txt_len:], blocked)
-        return bias[None, None]
+        return torch.cat([bias.new_zeros(rows, rows), bias], dim=1)[None, None]
 
 
 def xverse_loras(modules: Mapping[str, tuple[Tensor, Tensor, float]]) -> dict[str, LoRASet]:

@@ -30,7 +30,7 @@ from ..errors import CheckpointError
 from ..limits import MAX_FILE_BLOCKS, MAX_FILE_DIM
 from ..values import one_line, show
 from .lora_keys import DOUBLE_MODULES, SINGLE_MODULES, check_dims, check_metadata, multipliers, parse_lora, site_of
-from .tables import tensor_problem
+from .tables import key_name, summary, tensor_problem
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,13 @@ def read_layout_weights(path: str | os.PathLike, spec: TargetSpec) -> dict[str, 
     if not os.path.isfile(path):
         raise CheckpointError(f"--layout: InstanceAssemble layout file not found: {path}")
     raw = _load_tensors(path, "--layout")
-    tensors = {_strip_prefix(k): v for k, v in raw.items()}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        name = _strip_prefix(key)
+        if name in tensors:
+            raise CheckpointError(f"--layout {path}: {key_name(key)} repeats the tensor {key_name(name)} under "
+                                  "another prefix; give the layout.pth the method released")
+        tensors[name] = value
     table = layout_table(spec)
     missing = sorted(set(table) - set(tensors))
     unexpected = sorted(set(tensors) - set(table))
@@ -147,9 +153,8 @@ def read_layout_weights(path: str | os.PathLike, spec: TargetSpec) -> dict[str, 
         if problem:
             problems.append(problem)
     if problems:
-        shown = "; ".join(problems[:6]) + (f"; (+{len(problems) - 6} more problems)" if len(problems) > 6 else "")
         raise CheckpointError(f"--layout {path}: not InstanceAssemble's FLUX.1 layout.pth for a model of hidden size "
-                              f"{spec.hidden_size} with {spec.num_double_blocks} double blocks: {shown}")
+                              f"{spec.hidden_size} with {spec.num_double_blocks} double blocks: {summary(problems)}")
     return tensors
 
 

@@ -142,8 +142,16 @@ def parse_lora(tensors: dict[str, torch.Tensor], *, num_double: int, num_single:
             unknown.append(key)
             continue
         if m:
-            halves.setdefault(module, {})["down" if m.group("part") in ("lora_A", "lora_down") else "up"] = value
+            part = "down" if m.group("part") in ("lora_A", "lora_down") else "up"
+            if part in halves.setdefault(module, {}):
+                raise CheckpointError(f"{source}: {key_name(key)} is a second {'lora_A / lora_down' if part == 'down' else 'lora_B / lora_up'} "
+                                      f"tensor for module {module} (keys differing only by a prefix or adapter name); "
+                                      "give the LoRA file the method released")
+            halves[module][part] = value
         else:
+            if module in alphas:
+                raise CheckpointError(f"{source}: {key_name(key)} is a second alpha for module {module}; give the "
+                                      "LoRA file the method released")
             if value.numel() != 1:
                 raise CheckpointError(f"{source}: {key_name(key)} should hold one alpha value, has shape "
                                       f"{tuple(value.shape)}")
@@ -180,6 +188,9 @@ def parse_lora(tensors: dict[str, torch.Tensor], *, num_double: int, num_single:
         else:
             ups = (up,)
         for target, part in zip(targets, ups):
+            if target in out:
+                raise CheckpointError(f"{source}: module {target} has LoRA tensors under two key forms (fused and "
+                                      "per-projection); give the LoRA file the method released")
             out[target] = LoRAModule(down=down, up=part, alpha=alphas.get(module))
     orphan = sorted(set(alphas) - set(halves))
     if orphan:

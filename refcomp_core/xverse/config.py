@@ -166,8 +166,9 @@ class XVerseConfig:
     def from_json(cls, text: str) -> "XVerseConfig":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"xverse_config metadata is not valid JSON ({err}); the file is damaged") from None
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise CheckpointError(f"xverse_config metadata is not valid JSON ({type(err).__name__}); the file is "
+                                  "damaged") from None
         if not isinstance(data, dict):
             raise CheckpointError("xverse_config metadata is not a JSON object; the file is damaged")
         known = {f.name for f in dataclasses.fields(cls)}

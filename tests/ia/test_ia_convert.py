@@ -188,3 +188,22 @@ def test_loaders_refuse_the_pickle_and_name_the_conversion(tmp_path) -> None:
             path.write_bytes((tmp_path / "layout.pth").read_bytes())
         with pytest.raises(CheckpointError, match="refcomp convert instanceassemble --layout layout.pth"):
             load_adapter(path)
+
+
+def test_a_tensor_given_twice_under_two_key_forms_is_refused(tmp_path) -> None:
+    """Keys that name the same tensor after their prefix is stripped never overwrite each other silently."""
+    from ia_files import to_file_keys
+    mods = lora_tensors(IA_TINY_FLUX)
+    good = to_file_keys(mods, "peft")
+    a, b, _ = mods["transformer_blocks.0.attn.to_q"]
+    q = {"transformer_blocks.0.attn.to_q": (a.clone(), b.clone(), None)}                # the same module again
+    bare = to_file_keys(q, "peft_bare")
+    assert "second lora_A / lora_down tensor for module transformer_blocks.0.attn.to_q" in \
+        _lora_error(tmp_path, {**good, **bare})
+    kohya = to_file_keys(q, "kohya")
+    assert "module transformer_blocks.0.attn.to_q has LoRA tensors under two key forms" in \
+        _lora_error(tmp_path, {**good, **kohya})
+    weights = layout_tensors(IA_TINY_FLUX)
+    key = next(iter(weights))
+    msg = _layout_error(tmp_path, lambda w: w.__setitem__("module." + key, weights[key]))
+    assert f"module.{key} repeats the tensor {key} under another prefix" in msg

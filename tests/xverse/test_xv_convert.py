@@ -299,6 +299,9 @@ def test_load_refuses_what_is_not_a_converted_xverse_file(tmp_path) -> None:
     _rewrite(out, meta={"format": "refcomp", "kind": "xverse", "xverse_config": "{oops"})
     with pytest.raises(CheckpointError, match="xverse_config metadata is not valid JSON"):
         load_xverse(out)
+    _rewrite(out, meta={"format": "refcomp", "kind": "xverse", "xverse_config": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(CheckpointError, match="xverse_config metadata is not valid JSON"):       # too deep
+        load_xverse(out)
     with pytest.raises(CheckpointError, match="converted XVerse file not found"):
         load_xverse(tmp_path / "missing.safetensors")
 
